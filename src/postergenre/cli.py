@@ -1,0 +1,189 @@
+"""The ``postergenre`` command: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Predict a movie's genres from its poster.")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect a dataset.")
+app.add_typer(data_app, name="data")
+
+# Errors a user can cause and fix: shown as one clear line, exit code 2, no traceback.
+def _user_errors():
+    from .backbones import WeightsUnavailable
+    from .data import DatasetError
+    from .model import ModelError
+
+    return (DatasetError, ModelError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError)
+
+
+def _fail(exc: Exception) -> None:
+    msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _emit(text: str, output: Optional[Path]) -> None:
+    if output is None:
+        typer.echo(text)
+        return
+    from .model import atomic_file
+
+    atomic_file(output, text + "\n")
+    typer.secho(f"wrote {output}", err=True)
+
+
+@app.command()
+def predict(
+    paths: List[Path] = typer.Argument(..., help="Poster files and/or folders (searched recursively)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model directory, or 'default' (built in)."),
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres per poster (top-k rule), or the most (thresholds rule)."),
+    decision: str = typer.Option("top_k", "--decision", help="top_k (the study's rule) or thresholds (tuned per genre on validation)."),
+    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input fails (default: only if all fail)."),
+):
+    """Print the genres of each poster."""
+    from .formats import PREDICTION_FORMATS
+    from .model import load_model
+    from .predict import predict_paths
+
+    try:
+        if fmt not in PREDICTION_FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose {', '.join(PREDICTION_FORMATS)}")
+        m = load_model(model, device=device)
+        rule = m.decision_rule("thresholds" if decision == "thresholds" else decision, top_k)
+        results = list(predict_paths(m, paths, rule, batch_size=batch_size))
+    except _user_errors() as exc:
+        _fail(exc)
+    if not results:
+        _fail(ValueError("no image files found in the given paths"))
+    _emit(PREDICTION_FORMATS[fmt](results), output)
+    failed = sum(r["error"] is not None for r in results)
+    if failed:
+        typer.secho(f"{failed} of {len(results)} input(s) could not be read", fg=typer.colors.YELLOW, err=True)
+    if failed == len(results) or (strict and failed):
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset folder: DIR/train.csv + DIR/Images/<Id>.jpg."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels CSV (instead of --data)."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Images folder (instead of --data)."),
+    out: Path = typer.Option(..., "--out", help="Model directory to write."),
+    backbone: str = typer.Option(None, "--backbone", help="Backbone name (postergenre backbones)."),
+    mode: str = typer.Option("frozen", "--mode", help="frozen (cached features + head) or finetune (end to end)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: int = typer.Option(33, "--batch-size", min=1),
+    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: backbone's; finetune: 350)."),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    head: str = typer.Option("mlp", "--head", help="mlp or linear."),
+    hidden: int = typer.Option(512, "--hidden"),
+    dropout: float = typer.Option(0.5, "--dropout"),
+    patience: int = typer.Option(15, "--patience", min=1),
+    val_fraction: float = typer.Option(0.15, "--val-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file (torchvision state dict)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache (default ~/.cache/postergenre)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out posters whose image is missing or unreadable."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Use only the first N posters (quick trials)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train a model on a dataset in the study's layout and save it to --out."""
+    from .data import load_dataset
+    from .train import DEFAULT_BACKBONE, Recipe
+    from .train import train as run_train
+
+    try:
+        ds, report = load_dataset(data, labels, images, skip_bad=skip_bad)
+        if report.skipped:
+            typer.secho(f"skipped {len(report.skipped)} poster(s): " + "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5]), fg=typer.colors.YELLOW, err=True)
+        if limit:
+            ds = ds.subset(range(min(limit, len(ds))))
+        recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, image_size=image_size,
+                        val_fraction=val_fraction, seed=seed, patience=patience, device=device)
+        m = run_train(ds, recipe, out, cache_dir=cache_dir, weights=weights, progress=not quiet,
+                      data_source=str(data or labels))
+    except _user_errors() as exc:
+        _fail(exc)
+    vm = m.config["validation_metrics"]
+    typer.echo(f"saved {out}  ({m.config['training_seconds']} s)")
+    typer.echo("validation: " + ", ".join(f"{k} {vm[k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
+
+
+@app.command()
+def evaluate(
+    data: Optional[Path] = typer.Option(None, "--data"),
+    labels: Optional[Path] = typer.Option(None, "--labels"),
+    images: Optional[Path] = typer.Option(None, "--images"),
+    model: str = typer.Option("default", "--model", "-m"),
+    decision: str = typer.Option(None, "--decision", help="top_k or thresholds (default: the model's rule)."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1),
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o"),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    skip_bad: bool = typer.Option(False, "--skip-bad"),
+):
+    """Evaluate a model on ALL labelled posters of a dataset (no split)."""
+    from .data import load_dataset
+    from .formats import METRICS_FORMATS
+    from .model import load_model
+    from .predict import evaluate_dataset
+
+    try:
+        if fmt not in METRICS_FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; choose {', '.join(METRICS_FORMATS)}")
+        ds, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
+        m = load_model(model)
+        result = evaluate_dataset(m, ds, m.decision_rule(decision, top_k), cache_dir, progress=sys.stderr.isatty())
+    except _user_errors() as exc:
+        _fail(exc)
+    _emit(METRICS_FORMATS[fmt](result), output)
+
+
+@data_app.command("check")
+def data_check(
+    data: Optional[Path] = typer.Argument(None, help="Dataset folder (train.csv + Images/)."),
+    labels: Optional[Path] = typer.Option(None, "--labels"),
+    images: Optional[Path] = typer.Option(None, "--images"),
+    fmt: str = typer.Option("table", "--format", "-f", help="table or json."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Skip decoding every image (faster)."),
+):
+    """Report on a dataset: posters, labels per genre, duplicates, missing and unreadable images."""
+    from .data import load_dataset
+
+    try:
+        _, report = load_dataset(data, labels, images, skip_bad=True, verify_images=not no_decode)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if fmt == "json" else report.to_text())
+
+
+@app.command()
+def backbones():
+    """List the registered backbones and where their weights come from."""
+    from .backbones import REGISTRY
+
+    for name, spec in sorted(REGISTRY.items()):
+        where = "offline" if spec.offline else "needs --weights FILE or network"
+        typer.echo(f"{name:<20} {spec.input_size[0]}x{spec.input_size[1]}  dim {spec.feature_dim:<5} {where:<32} {spec.weight_source}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""Robust image decoding and preprocessing.
+
+Every poster, whatever its mode (greyscale, palette, RGBA, CMYK, 16-bit) or EXIF orientation,
+becomes an upright 8-bit RGB image; a file that is not a readable image raises
+:class:`ImageLoadError` with the file name and the reason.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+# Posters are a few hundred pixels a side; anything past this is refused as a likely bomb.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+
+class ImageLoadError(ValueError):
+    """A file could not be turned into an RGB image. ``str(err)`` names the file and the reason."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: convert("RGB") would clip everything above 255 to white.
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Transparent areas become white, as a poster would be printed.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(
+    source: str | Path | bytes,
+    name: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode ``source`` (a path or the file's bytes) into an upright RGB PIL image.
+
+    ``draft_size`` (width, height) lets the JPEG decoder skip detail below that size, which
+    makes decoding several times faster when the image is only going to be shrunk.
+    """
+    label = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
+    try:
+        data = source if isinstance(source, bytes) else Path(source).read_bytes()
+    except IsADirectoryError:
+        raise ImageLoadError(label, "is a directory, not an image") from None
+    except PermissionError:
+        raise ImageLoadError(label, "permission denied") from None
+    except FileNotFoundError:
+        raise ImageLoadError(label, "file not found") from None
+    except OSError as exc:
+        raise ImageLoadError(label, f"cannot read file ({exc.strerror or exc})") from None
+    if not data:
+        raise ImageLoadError(label, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageLoadError(label, f"image is {w}x{h} = {w * h:,} pixels, above the cap of {max_pixels:,}")
+            if draft_size is not None and img.format == "JPEG":
+                img.draft("RGB", draft_size)
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            return _to_rgb(img)
+    except ImageLoadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageLoadError(label, "not an image file (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageLoadError(label, f"too many pixels (decompression bomb?): {exc}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageLoadError(label, f"corrupt or truncated image ({exc})") from None
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an RGB image becomes the model's input tensor ``(3, H, W)``.
+
+    The whole poster is resized to ``size`` (height, width), squashing the aspect ratio as the
+    study did, then scaled to [0, 1] and normalised with ``mean``/``std`` per channel.
+    """
+
+    size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocess":
+        return cls(tuple(d["size"]), tuple(d["mean"]), tuple(d["std"]))
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        return (self.size[1], self.size[0])
+
+    def resize(self, img: Image.Image) -> Image.Image:
+        return img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+
+    def normalize(self, img: Image.Image) -> torch.Tensor:
+        arr = np.asarray(img, dtype=np.float32) / 255.0
+        mean = np.asarray(self.mean, dtype=np.float32)
+        std = np.asarray(self.std, dtype=np.float32)
+        return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        return self.normalize(self.resize(img))
+
+    def load(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Decode and preprocess one file: ``(3, H, W)`` float32."""
+        return self(load_rgb(source, name=name, max_pixels=max_pixels, draft_size=self.draft_size))
+
+    def unnormalize(self, x: torch.Tensor) -> np.ndarray:
+        """Inverse of :meth:`normalize`, for showing what the model sees: ``(H, W, 3)`` in [0, 1]."""
+        arr = x.detach().cpu().numpy().transpose(1, 2, 0) * np.asarray(self.std) + np.asarray(self.mean)
+        return np.clip(arr, 0.0, 1.0)

@@ -1,0 +1,306 @@
+"""The model: a backbone plus a head, and its artifact on disk.
+
+A model directory holds ``config.json`` (backbone, preprocessing, genres, decision rule,
+recipe, split fingerprint, validation metrics, weights checksum), ``model.safetensors``
+(head weights, plus backbone weights when they do not come from an installed package) and
+``MODEL.md``. Only JSON and safetensors are ever read from it: no pickle. Saves are atomic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import __version__
+from .backbones import LoadedBackbone, build_backbone, get_spec
+from .decision import DecisionRule
+from .images import Preprocess
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "MODEL.md"
+FORMAT_VERSION = 1
+DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
+# Files a model directory may hold; anything that could carry code (pickles) is refused.
+_UNSAFE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz"}
+
+
+class ModelError(ValueError):
+    """A model directory is missing, damaged, unsafe or does not fit this version."""
+
+
+class Head(nn.Module):
+    """Standardise features with the training set's statistics, then a linear layer or an MLP.
+
+    Input ``(B, D)`` features, output ``(B, G)`` logits.
+    """
+
+    def __init__(self, in_dim: int, n_out: int, hidden: int = 0, dropout: float = 0.0):
+        super().__init__()
+        self.register_buffer("feature_mean", torch.zeros(in_dim))
+        self.register_buffer("feature_std", torch.ones(in_dim))
+        if hidden:
+            self.net = nn.Sequential(
+                nn.Dropout(dropout), nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, n_out)
+            )
+        else:
+            self.net = nn.Sequential(nn.Dropout(dropout), nn.Linear(in_dim, n_out))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net((features - self.feature_mean) / self.feature_std)
+
+
+# Head kinds: name -> builder(in_dim, n_out, hidden, dropout). One entry per new kind.
+HEADS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
+    "linear": lambda d, g, hidden, p: Head(d, g, 0, p),
+    "mlp": lambda d, g, hidden, p: Head(d, g, hidden or 512, p),
+}
+
+
+class PosterGenreModel(nn.Module):
+    """Backbone + head. ``forward`` maps images ``(B, 3, H, W)`` to logits ``(B, G)``."""
+
+    def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: dict):
+        super().__init__()
+        self.backbone_info = backbone
+        self.backbone = backbone.module
+        self.head = head
+        self.config = config
+
+    # --- plain accessors -----------------------------------------------------------------
+    @property
+    def genres(self) -> list[str]:
+        return list(self.config["genres"])
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.config["preprocess"])
+
+    @property
+    def decision(self) -> DecisionRule:
+        return DecisionRule(**self.config["decision"])
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", self.config["backbone"]["name"])
+
+    def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
+        """The model's rule, with ``kind``/``k`` overridden where given."""
+        d = self.config["decision"]
+        return DecisionRule(kind or d["kind"], k or d["k"], d.get("thresholds"))
+
+    # --- inference -------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+    @torch.inference_mode()
+    def predict_proba_tensor(self, batch: torch.Tensor) -> np.ndarray:
+        """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)``."""
+        self.eval()
+        device = next(self.head.parameters()).device
+        x = batch.to(device).contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self(x)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def predict_proba_features(self, features: np.ndarray) -> np.ndarray:
+        """Scores ``(N, G)`` from backbone features ``(N, D)`` (frozen mode's fast path)."""
+        self.eval()
+        device = next(self.head.parameters()).device
+        return torch.sigmoid(self.head(torch.as_tensor(features, device=device))).float().cpu().numpy()
+
+    def predict_proba(self, images: Sequence) -> np.ndarray:
+        """Scores ``(N, G)`` for PIL images (any mode) or preprocessed tensors."""
+        from .images import _to_rgb
+
+        pp = self.preprocess
+        xs = [im if torch.is_tensor(im) else pp(_to_rgb(im)) for im in images]
+        return self.predict_proba_tensor(torch.stack(xs))
+
+    def predict(self, images: Sequence, decision: DecisionRule | None = None) -> list[list[str]]:
+        """Predicted genre names per image, under ``decision`` (default: the model's rule)."""
+        mask = (decision or self.decision).apply(self.predict_proba(images))
+        return [[g for g, m in zip(self.genres, row) if m] for row in mask]
+
+    # --- persistence -----------------------------------------------------------------------
+    def state_for_saving(self) -> dict[str, torch.Tensor]:
+        tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        if self.config["backbone"]["in_artifact"]:
+            tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+
+    def save(self, out_dir: str | Path, card: str | None = None, extra_files: dict[str, str] | None = None) -> Path:
+        """Write the model directory atomically; returns its path."""
+        from safetensors.torch import save_file
+
+        def write(tmp: Path) -> None:
+            save_file(self.state_for_saving(), str(tmp / WEIGHTS_FILE))
+            cfg = dict(self.config, weights_sha256=_sha256(tmp / WEIGHTS_FILE), package_version=__version__)
+            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
+            self.config = cfg
+            if card is not None:
+                (tmp / CARD_FILE).write_text(card)
+            for name, text in (extra_files or {}).items():
+                (tmp / name).write_text(text)
+
+        return atomic_directory(out_dir, write)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def atomic_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a fresh sibling temp directory with ``write``, then swap it into ``out_dir``.
+
+    A crash leaves either the old directory or the new one at ``out_dir``, never a mix; a
+    leftover ``.tmp`` sibling is harmless and never read as a model.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    if model is None or str(model) == "default":
+        return DEFAULT_MODEL_DIR
+    return Path(model)
+
+
+def read_config(model_dir: str | Path) -> dict:
+    model_dir = resolve_model_path(model_dir)
+    path = model_dir / CONFIG_FILE
+    if not model_dir.is_dir():
+        raise ModelError(f"{model_dir}: model directory not found")
+    if not path.is_file():
+        raise ModelError(f"{model_dir}: not a postergenre model (no {CONFIG_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: damaged config ({exc})") from None
+
+
+def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbone_weights: str | Path | None = None) -> PosterGenreModel:
+    """Load a model directory (``None``/"default": the built-in model).
+
+    Refuses directories holding pickles, configs that point outside the directory, weights
+    whose checksum or shapes do not match the config.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    model_dir = resolve_model_path(model_dir)
+    cfg = read_config(model_dir)
+    unsafe = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in _UNSAFE_SUFFIXES)
+    if unsafe:
+        raise ModelError(f"{model_dir}: refusing a model directory that holds pickle-capable files ({', '.join(unsafe)}); only safetensors and JSON are read")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{model_dir}: model format {cfg.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    weights = model_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise ModelError(f"{model_dir}: {WEIGHTS_FILE} is missing")
+    if cfg.get("weights_sha256") and _sha256(weights) != cfg["weights_sha256"]:
+        raise ModelError(f"{weights}: checksum does not match config.json (file damaged or replaced)")
+    try:
+        tensors = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
+
+    bcfg = cfg["backbone"]
+    pp = Preprocess.from_dict(cfg["preprocess"])
+    try:
+        if bcfg["in_artifact"]:
+            backbone = build_backbone(bcfg["name"], input_size=pp.size, pretrained=False)
+            sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+            try:
+                backbone.module.load_state_dict(sd, strict=True)
+            except RuntimeError as exc:
+                raise ModelError(f"{weights}: backbone weights do not fit {bcfg['name']!r} ({str(exc).splitlines()[0]})") from None
+            backbone.weights_id, backbone.weights_origin = bcfg["weights_id"], bcfg["weights_origin"]
+        else:
+            backbone = build_backbone(bcfg["name"], weights=backbone_weights, input_size=pp.size)
+            if backbone.weights_id != bcfg["weights_id"]:
+                raise ModelError(
+                    f"{model_dir}: the installed weights of backbone {bcfg['name']!r} ({backbone.weights_id}) "
+                    f"differ from those the model was trained with ({bcfg['weights_id']})"
+                )
+    except KeyError as exc:
+        raise ModelError(f"{model_dir}: {exc.args[0]}") from None
+    hcfg = cfg["head"]
+    head = HEADS[hcfg["kind"]](backbone.feature_dim, len(cfg["genres"]), hcfg.get("hidden", 0), hcfg.get("dropout", 0.0))
+    head_sd = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(head_sd, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{weights}: head weights do not fit the config ({str(exc).splitlines()[0]})") from None
+    model = PosterGenreModel(backbone, head, cfg).to(device).eval()
+    return model
+
+
+def new_config(
+    backbone: LoadedBackbone, preprocess: Preprocess, genres: Iterable[str], head_kind: str, hidden: int,
+    dropout: float, mode: str,
+) -> dict:
+    """The config of a model about to be trained; training fills in the rest."""
+    spec = get_spec(backbone.spec.name)
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": backbone.spec.name,
+        "mode": mode,
+        "backbone": {
+            "name": spec.name,
+            "weights_origin": backbone.weights_origin,
+            "weights_id": backbone.weights_id,
+            "weight_source": spec.weight_source,
+            # Package weights are re-read from the package; anything else travels with the model.
+            "in_artifact": mode == "finetune" or backbone.weights_origin not in ("package", "none"),
+        },
+        "preprocess": preprocess.to_dict(),
+        "head": {"kind": head_kind, "hidden": hidden, "dropout": dropout},
+        "genres": list(genres),
+        "decision": DecisionRule().to_dict(),
+    }
+
+
+def atomic_file(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -1,0 +1,99 @@
+"""Batch prediction over files and folders: one result per input, errors included.
+
+Results come out in input order as plain dicts (the JSON of ``postergenre predict``):
+``{"path", "genres": [{"genre", "score"}, ... all genres by score], "predicted": [...], "error"}``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .decision import DecisionRule
+from .features import extract_features, make_loader
+from .images import IMAGE_EXTENSIONS
+from .model import PosterGenreModel
+
+
+def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
+    """Files as given (any extension), folders walked recursively for image files, in sorted
+    order. Symlinked folders are not followed, so a link loop cannot trap the walk."""
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            for root, dirs, files in os.walk(p, followlinks=False):
+                dirs.sort()
+                for f in sorted(files):
+                    if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith("."):
+                        yield Path(root) / f
+        else:
+            yield p  # a missing or unreadable file gets its error from the loader
+
+
+def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres: list[str], error: str | None = None) -> dict:
+    if error is not None:
+        return {"path": path, "genres": [], "predicted": [], "error": error}
+    order = np.argsort(-scores, kind="stable")
+    return {
+        "path": path,
+        "genres": [{"genre": genres[g], "score": round(float(scores[g]), 6)} for g in order],
+        "predicted": [genres[g] for g in order if mask[g]],
+        "error": None,
+    }
+
+
+def predict_paths(
+    model: PosterGenreModel,
+    inputs: Iterable[str | Path],
+    decision: DecisionRule | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[dict]:
+    """Predict every image under ``inputs``; yields one result dict per file, in order."""
+    decision = decision or model.decision
+    paths = [str(p) for p in iter_image_paths(inputs)]
+    genres = model.genres
+    for idx, batch, errors in make_loader(paths, model.preprocess, batch_size, workers):
+        scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
+        masks = decision.apply(scores) if len(scores) else scores.astype(bool)
+        by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
+        for i in sorted(list(idx) + list(errors)):
+            if i in errors:
+                yield result(paths[i], None, None, genres, errors[i])
+            else:
+                yield result(paths[i], *by_index[i], genres)
+
+
+def score_paths(model: PosterGenreModel, paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+    """Scores ``(N, G)`` and ``{index: error}`` for many files. A frozen model goes through the
+    feature cache, so evaluating on the posters it was trained on costs no extraction."""
+    if model.config.get("mode") == "frozen":
+        feats, errors = extract_features(model.backbone_info, paths, model.preprocess, cache_dir, progress=progress)
+        return model.predict_proba_features(feats), errors
+    scores = np.zeros((len(paths), len(model.genres)), dtype=np.float32)
+    errors: dict[int, str] = {}
+    for idx, batch, errs in make_loader(paths, model.preprocess, 32):
+        errors.update(errs)
+        if batch is not None:
+            scores[idx] = model.predict_proba_tensor(batch)
+    return scores, errors
+
+
+def evaluate_dataset(model: PosterGenreModel, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False) -> dict:
+    """All metrics (see :func:`postergenre.metrics.evaluate`) of ``model`` on every poster of
+    ``dataset``; the dataset's genres are matched to the model's by name."""
+    from .metrics import evaluate
+
+    missing = [g for g in dataset.genres if g not in model.genres]
+    if missing:
+        raise ValueError(f"the dataset has genres the model does not know: {', '.join(missing)}")
+    scores, errors = score_paths(model, dataset.paths, cache_dir, progress)
+    if errors:
+        raise ValueError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
+    cols = [model.genres.index(g) for g in dataset.genres]
+    y = np.zeros((len(dataset), len(model.genres)), dtype=int)
+    y[:, cols] = dataset.labels
+    return evaluate(y, scores, (decision or model.decision).apply(scores), model.genres)

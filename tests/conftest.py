@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny generated poster dataset in the study's layout, and paths to ../shared."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("POSTERGENRE_SHARED", REPO.parent / "shared")) / "datasets"
+MOVIE_POSTERS = SHARED / "movie-posters"
+NEW_POSTERS = SHARED / "new-posters"
+
+GENRES = ["Action", "Comedy", "Drama", "Horror", "N/A"]
+
+
+def make_poster(rng: np.random.Generator, genres: set[str], size=(60, 90)) -> Image.Image:
+    """A synthetic poster whose look depends on its genres, so a head can learn them."""
+    w, h = size
+    base = np.array([40, 40, 40], dtype=float)
+    if "Action" in genres:
+        base += [150, 0, 0]
+    if "Comedy" in genres:
+        base += [0, 150, 0]
+    if "Horror" in genres:
+        base -= [30, 30, 30]
+    arr = np.clip(base + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    img = Image.fromarray(arr, "RGB")
+    draw = ImageDraw.Draw(img)
+    if "Drama" in genres:
+        for y in range(0, h, 10):
+            draw.line([(0, y), (w, y)], fill=(0, 0, 255), width=3)
+    return img
+
+
+def write_dataset(root: Path, n: int = 48, seed: int = 0, quirks: bool = True) -> Path:
+    """Write ``root/train.csv`` + ``root/Images``. With ``quirks``: a duplicate row, an
+    N/A-only poster and an image without a label row, as in the real dataset."""
+    rng = np.random.default_rng(seed)
+    (root / "Images").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        k = rng.integers(1, 3)
+        genres = set(rng.choice(GENRES[:4], size=k, replace=False).tolist())
+        pid = f"tt{i:07d}"
+        make_poster(rng, genres).save(root / "Images" / f"{pid}.jpg", quality=90)
+        rows.append((pid, genres))
+    if quirks:
+        rows.append(rows[0])  # identical duplicate
+        make_poster(rng, set()).save(root / "Images" / "tt9999990.jpg")
+        rows.append(("tt9999990", {"N/A"}))  # placeholder only
+        make_poster(rng, {"Action"}).save(root / "Images" / "tt9999991.jpg")  # no label row
+    lines = ["Id,Genre," + ",".join(GENRES)]
+    for pid, genres in rows:
+        label = "[" + ", ".join(f"'{g}'" for g in sorted(genres)) + "]"
+        lines.append(f'{pid},"{label}",' + ",".join("1" if g in genres else "0" for g in GENRES))
+    (root / "train.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("feature-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_data, cache_dir, tmp_path_factory) -> Path:
+    """A frozen-mode model trained on the tiny dataset (EfficientNet-Lite0, offline weights)."""
+    from postergenre.data import load_dataset
+    from postergenre.train import Recipe, train
+
+    ds, _ = load_dataset(tiny_data)
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    train(ds, Recipe(backbone="efficientnet_lite0", epochs=30, val_fraction=0.25, seed=1, hidden=64, dropout=0.1),
+          out, cache_dir=cache_dir, progress=False)
+    return out
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
