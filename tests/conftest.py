@@ -16,6 +16,12 @@ NEW_POSTERS = SHARED / "new-posters"
 
 GENRES = ["Action", "Comedy", "Drama", "Horror", "N/A"]
 
+# One intra-op thread: the tests use tiny batches, and when another process keeps the CPUs busy,
+# spinning OpenMP threads make a CPU finetune step ~15x slower than a single thread does.
+import torch  # noqa: E402
+
+torch.set_num_threads(int(os.environ.get("POSTERGENRE_TEST_THREADS", "1")))
+
 
 def make_poster(rng: np.random.Generator, genres: set[str], size=(60, 90)) -> Image.Image:
     """A synthetic poster whose look depends on its genres, so a head can learn them."""

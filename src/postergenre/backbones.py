@@ -157,7 +157,10 @@ class _PooledEfficientNetLite(nn.Module):
         self.net = EfficientNet.from_name(f"efficientnet-{variant}", image_size=list(input_size))
         if state_dict is not None:
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("_fc.")}
-            missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            try:
+                missing, unexpected = self.net.load_state_dict(state_dict, strict=False)
+            except RuntimeError as exc:  # size mismatches raise even with strict=False
+                raise WeightsUnavailable(f"weights do not fit efficientnet-{variant}: {str(exc).splitlines()[-1].strip()}") from None
             if unexpected or set(missing) - {"_fc.weight", "_fc.bias"}:
                 raise WeightsUnavailable(f"weights do not fit efficientnet-{variant}: {missing[:3]} {unexpected[:3]}")
         self.net._fc = nn.Identity()
@@ -182,7 +185,10 @@ def _strip_head(model: nn.Module, arch: str) -> nn.Module:
 
 
 def _load_checked(model: nn.Module, state_dict: dict, arch: str) -> None:
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    except RuntimeError as exc:  # size mismatches raise even with strict=False
+        raise WeightsUnavailable(f"weights do not fit {arch}: {str(exc).splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise WeightsUnavailable(
             f"weights do not fit {arch}: missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]}"
@@ -214,7 +220,10 @@ def _resnet50_ssl(state_dict: dict | None, input_size: tuple[int, int]) -> nn.Mo
         if any(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
         sd = {k: v for k, v in state_dict.items() if not k.startswith("fc.")}
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:  # size mismatches raise even with strict=False
+            raise WeightsUnavailable(f"weights do not fit resnet50_ssl: {str(exc).splitlines()[-1].strip()}") from None
         if unexpected or set(missing) - {"fc.weight", "fc.bias"}:
             raise WeightsUnavailable(f"weights do not fit resnet50_ssl: {missing[:3]} {unexpected[:3]}")
     model.fc = nn.Identity()

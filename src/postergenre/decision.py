@@ -42,8 +42,10 @@ class DecisionRule:
         if self.kind == "top_k":
             return top
         above = scores >= np.asarray(self.thresholds)[None, :]
-        mask = above & top  # at most K: the best K of those above their thresholds
-        mask[np.arange(len(scores)), scores.argmax(1)] = True  # at least one
+        # at most K: the best K of those above their thresholds
+        mask = top_k_mask(np.where(above, scores, -np.inf), self.k) & above
+        none = ~mask.any(1)
+        mask[np.flatnonzero(none), scores[none].argmax(1)] = True  # at least one: the best
         return mask
 
     def describe(self) -> str:

@@ -190,7 +190,10 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
     xv = torch.as_tensor(feats[val_idx], device=r.device)
     yv = torch.as_tensor(y[val_idx], device=r.device)
     head.feature_mean.copy_(xt.mean(0))
-    head.feature_std.copy_(xt.std(0) + 1e-6)
+    # Floor the spread: a feature (nearly) constant on the training posters would otherwise be
+    # divided by ~1e-6 and blow up on any new poster, saturating every score.
+    std = xt.std(0) + 1e-6
+    head.feature_std.copy_(std.clamp_min(0.1 * float(std.mean())))
     opt = torch.optim.AdamW(head.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r.epochs)
     best, best_state, best_scores, stale = -1.0, None, None, 0

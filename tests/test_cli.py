@@ -1,0 +1,258 @@
+"""The ``postergenre`` command, driven through typer's CliRunner (and once as a real process)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from postergenre.cli import app
+from postergenre.model import DEFAULT_MODEL_DIR
+
+from conftest import NEW_POSTERS, make_poster, needs_shared
+
+GENRES = ["Action", "Comedy", "Drama", "Horror"]
+LINE = re.compile(r"^(?P<path>.+) -> (?P<genres>[^()]+?)   \((?P<detail>.+)\)$")
+METRIC_KEYS = {"n_posters", "micro_recall_at_3", "precision_at_3", "recall_at_3", "mAP", "micro_f1", "macro_f1",
+               "samples_f1", "hamming_loss", "subset_accuracy", "per_genre"}
+
+
+def run(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def poster_dir(tmp_path_factory) -> Path:
+    """Three good posters (one in a subfolder, one PNG) and a text file that is not an image."""
+    root = tmp_path_factory.mktemp("posters")
+    rng = np.random.default_rng(7)
+    make_poster(rng, {"Action"}).save(root / "action.jpg")
+    make_poster(rng, {"Comedy"}).save(root / "comedy.jpg")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    make_poster(rng, {"Drama"}).save(root / "sub" / "deeper" / "drama.png")
+    (root / "readme.txt").write_text("not a poster, and not an image extension: skipped by the walk")
+    return root
+
+
+@pytest.fixture(scope="module")
+def mixed_dir(poster_dir, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mixed")
+    for name in ("action.jpg", "comedy.jpg"):
+        (root / name).write_bytes((poster_dir / name).read_bytes())
+    (root / "bad.jpg").write_text("this is text, not a JPEG")
+    return root
+
+
+def parse_table(output: str) -> dict[str, list[str]]:
+    out = {}
+    for line in output.strip().splitlines():
+        m = LINE.match(line)
+        assert m, f"unexpected line: {line!r}"
+        out[Path(m["path"]).name] = m["genres"].split(" / ")
+    return out
+
+
+# --- predict -------------------------------------------------------------------------------
+
+
+def test_predict_table(tiny_model, poster_dir):
+    res = run("predict", poster_dir / "action.jpg", poster_dir / "comedy.jpg", "--model", tiny_model)
+    assert res.exit_code == 0, res.output
+    table = parse_table(res.stdout)
+    assert list(table) == ["action.jpg", "comedy.jpg"]
+    for genres in table.values():
+        assert len(genres) == 3 and len(set(genres)) == 3 and set(genres) <= set(GENRES)
+    first = res.stdout.splitlines()[0]
+    # the detail repeats the predicted genres with their scores
+    detail = LINE.match(first)["detail"]
+    assert re.fullmatch(r"\w+ \d\.\d\d, \w+ \d\.\d\d, \w+ \d\.\d\d", detail)
+
+
+def test_predict_json(tiny_model, poster_dir):
+    res = run("predict", poster_dir, "--model", tiny_model, "--format", "json")
+    assert res.exit_code == 0, res.output
+    results = json.loads(res.stdout)
+    assert isinstance(results, list) and len(results) == 3  # recursive walk, readme.txt skipped
+    assert [Path(r["path"]).name for r in results] == ["action.jpg", "comedy.jpg", "drama.png"]
+    for r in results:
+        assert set(r) == {"path", "genres", "predicted", "error"}
+        assert r["error"] is None
+        assert sorted(g["genre"] for g in r["genres"]) == GENRES
+        scores = [g["score"] for g in r["genres"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        assert r["predicted"] == [g["genre"] for g in r["genres"][:3]]
+    res2 = run("predict", poster_dir, "--model", tiny_model, "--format", "json", "--top-k", "2")
+    assert res2.exit_code == 0
+    results2 = json.loads(res2.stdout)
+    assert [r["predicted"] for r in results2] == [r["predicted"][:2] for r in results]
+
+
+def test_predict_csv(tiny_model, poster_dir, tmp_path):
+    out = tmp_path / "preds.csv"
+    res = run("predict", poster_dir, "--model", tiny_model, "--format", "csv", "--output", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert list(rows[0]) == ["path", "predicted", "error", *GENRES]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["error"] == ""
+        predicted = row["predicted"].split("|")
+        assert len(predicted) == 3
+        scores = {g: float(row[g]) for g in GENRES}
+        assert set(predicted) == set(sorted(scores, key=scores.get, reverse=True)[:3])
+
+
+def test_predict_thresholds(tiny_model, poster_dir):
+    for k in (1, 2, 4):
+        res = run("predict", poster_dir, "--model", tiny_model, "--format", "json", "--decision", "thresholds",
+                  "--top-k", str(k))
+        assert res.exit_code == 0, res.output
+        for r in json.loads(res.stdout):
+            assert 1 <= len(r["predicted"]) <= k
+
+
+def test_predict_unknown_decision_or_format(tiny_model, poster_dir):
+    res = run("predict", poster_dir, "--model", tiny_model, "--decision", "vote")
+    assert res.exit_code == 2 and "vote" in res.stderr
+    res = run("predict", poster_dir, "--model", tiny_model, "--format", "xml")
+    assert res.exit_code == 2 and "xml" in res.stderr
+
+
+def test_predict_one_bad_file_among_good(tiny_model, mixed_dir):
+    res = run("predict", mixed_dir, "--model", tiny_model, "--format", "json")
+    assert res.exit_code == 0, res.output
+    results = {Path(r["path"]).name: r for r in json.loads(res.stdout)}
+    assert set(results) == {"action.jpg", "bad.jpg", "comedy.jpg"}
+    bad = results["bad.jpg"]
+    assert "bad.jpg" in bad["error"] and "not an image" in bad["error"]
+    assert bad["predicted"] == [] and bad["genres"] == []
+    for name in ("action.jpg", "comedy.jpg"):
+        assert results[name]["error"] is None and len(results[name]["predicted"]) == 3
+    assert "1 of 3 input(s) could not be read" in res.stderr
+    # the table shows the error on the bad file's line
+    table = run("predict", mixed_dir, "--model", tiny_model)
+    assert table.exit_code == 0
+    assert any(line.startswith(str(mixed_dir / "bad.jpg") + " -> ERROR: ") for line in table.stdout.splitlines())
+
+
+def test_predict_strict_fails_on_one_bad(tiny_model, mixed_dir):
+    res = run("predict", mixed_dir, "--model", tiny_model, "--strict")
+    assert res.exit_code == 1
+
+
+def test_predict_all_bad(tiny_model, tmp_path):
+    (tmp_path / "a.jpg").write_bytes(b"")
+    res = run("predict", tmp_path / "a.jpg", tmp_path / "missing.jpg", "--model", tiny_model, "--format", "json")
+    assert res.exit_code == 1
+    results = json.loads(res.stdout)
+    assert [r["error"] is not None for r in results] == [True, True]
+    assert "empty" in results[0]["error"] and "No such file" in results[1]["error"]
+
+
+def test_predict_empty_folder(tiny_model, tmp_path):
+    res = run("predict", tmp_path, "--model", tiny_model)
+    assert res.exit_code == 2 and "no image files" in res.stderr
+
+
+def test_predict_missing_model(tmp_path, poster_dir):
+    res = run("predict", poster_dir / "action.jpg", "--model", tmp_path / "no-such-model")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == f"error: {tmp_path / 'no-such-model'}: model directory not found"
+    assert "Traceback" not in res.output
+
+
+def test_cli_as_a_process(tiny_model, poster_dir):
+    exe = Path(sys.executable).with_name("postergenre")
+    if not exe.exists():
+        pytest.skip("console script not installed")
+    proc = subprocess.run([str(exe), "predict", str(poster_dir / "comedy.jpg"), "--model", str(tiny_model),
+                           "--format", "json"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    (r,) = json.loads(proc.stdout)
+    assert r["error"] is None and len(r["predicted"]) == 3
+
+
+# --- train, evaluate, data check -----------------------------------------------------------
+
+
+def test_train_command(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "model"
+    res = run("train", "--data", tiny_data, "--out", out, "--backbone", "efficientnet_lite0", "--epochs", "5",
+              "--cache-dir", cache_dir, "--quiet", "--hidden", "32")
+    assert res.exit_code == 0, res.output
+    assert f"saved {out}" in res.stdout and "validation: micro_recall_at_3" in res.stdout
+    assert {"config.json", "model.safetensors", "MODEL.md", "split.json", "history.csv"} <= {p.name for p in out.iterdir()}
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"]["epochs"] == 5 and cfg["genres"] == GENRES
+    assert len(json.loads((out / "history.json").read_text())) <= 5
+
+
+def test_train_command_bad_data(tmp_path):
+    res = run("train", "--data", tmp_path, "--out", tmp_path / "m", "--quiet")
+    assert res.exit_code == 2 and "labels CSV not found" in res.stderr
+
+
+def test_evaluate_json(tiny_model, tiny_data, cache_dir):
+    res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--format", "json", "--cache-dir", cache_dir)
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert set(m) == METRIC_KEYS
+    assert m["n_posters"] == 48
+    assert set(m["per_genre"]) == set(GENRES)
+    assert all(set(v) == {"AP", "F1", "support"} for v in m["per_genre"].values())
+    assert sum(v["support"] for v in m["per_genre"].values()) > 48
+    assert 0.0 <= m["micro_recall_at_3"] <= 1.0
+
+
+def test_evaluate_table(tiny_model, tiny_data, cache_dir):
+    res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--cache-dir", cache_dir)
+    assert res.exit_code == 0, res.output
+    assert "posters evaluated: 48" in res.stdout
+    assert re.search(r"micro_recall_at_3\s+\d\.\d{4}", res.stdout)
+
+
+def test_data_check(tiny_data):
+    res = run("data", "check", tiny_data)
+    assert res.exit_code == 0, res.output
+    assert "usable labelled posters: 48" in res.stdout
+    assert "identical duplicate rows merged: 1 [tt0000000]" in res.stdout
+    assert "images without a label row (ignored): 1 [tt9999991]" in res.stdout
+    assert "posters with only a placeholder label (left out): 1 [tt9999990]" in res.stdout
+    assert "unreadable images: 0" in res.stdout
+    res = run("data", "check", tiny_data, "--format", "json", "--no-decode")
+    assert res.exit_code == 0
+    report = json.loads(res.stdout)
+    assert report["duplicate_rows_merged"] == ["tt0000000"]
+    assert report["images_without_labels"] == ["tt9999991"]
+
+
+def test_backbones_command():
+    res = run("backbones")
+    assert res.exit_code == 0
+    names = [line.split()[0] for line in res.stdout.strip().splitlines()]
+    assert {"efficientnet_lite0", "resnet50", "pixels"} <= set(names)
+
+
+# --- the built-in model --------------------------------------------------------------------
+
+
+@needs_shared(NEW_POSTERS)
+@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(), reason="no built-in default model yet")
+def test_default_model_on_new_posters():
+    res = run("predict", NEW_POSTERS)
+    assert res.exit_code == 0, res.output
+    table = parse_table(res.stdout)
+    assert len(table) == 3
+    for genres in table.values():
+        assert len(genres) == 3 and len(set(genres)) == 3
