@@ -215,6 +215,31 @@ def test_evaluate_json(tiny_model, tiny_data, cache_dir):
     assert 0.0 <= m["micro_recall_at_3"] <= 1.0
 
 
+def test_evaluate_only_split(tiny_model, tiny_data, cache_dir):
+    split = json.loads((tiny_model / "split.json").read_text())
+    res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--format", "json", "--cache-dir", cache_dir,
+              "--only-split", "val")
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["n_posters"] == len(split["val"])
+    # the validation figures stored at training time are these very numbers
+    stored = json.loads((tiny_model / "config.json").read_text())["validation_metrics"]
+    assert m["micro_recall_at_3"] == pytest.approx(stored["micro_recall_at_3"], abs=1e-6)
+    assert m["mAP"] == pytest.approx(stored["mAP"], abs=1e-6)
+    res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--only-split", "test")
+    assert res.exit_code == 2 and "--only-split must be train or val" in res.stderr
+
+
+def test_train_image_size_hxw(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "model"
+    res = run("train", "--data", tiny_data, "--out", out, "--backbone", "efficientnet_lite0", "--epochs", "2",
+              "--cache-dir", cache_dir, "--quiet", "--hidden", "16", "--image-size", "96x64")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["preprocess"]["size"] == [96, 64]
+    res = run("train", "--data", tiny_data, "--out", out, "--image-size", "96x", "--quiet")
+    assert res.exit_code == 2 and "--image-size must be" in res.stderr
+
+
 def test_evaluate_table(tiny_model, tiny_data, cache_dir):
     res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--cache-dir", cache_dir)
     assert res.exit_code == 0, res.output

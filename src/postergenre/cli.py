@@ -29,6 +29,14 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(2)
 
 
+def _parse_size(text: str):
+    """'350' -> 350; '384x256' -> (384, 256) (height x width)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.strip().isdigit() and 16 <= int(p) <= 4096 for p in parts):
+        raise ValueError(f"--image-size must be N or HxW with sides from 16 to 4096, not {text!r}")
+    return int(parts[0]) if len(parts) == 1 else (int(parts[0]), int(parts[1]))
+
+
 def _emit(text: str, output: Optional[Path]) -> None:
     if output is None:
         typer.echo(text)
@@ -84,13 +92,13 @@ def train(
     mode: str = typer.Option("frozen", "--mode", help="frozen (cached features + head) or finetune (end to end)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: int = typer.Option(33, "--batch-size", min=1),
-    image_size: Optional[int] = typer.Option(None, "--image-size", min=16, help="Square input size (default: backbone's; finetune: 350)."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="Input size: N (square) or HxW, e.g. 384x256 (default: the backbone's; finetune: 350)."),
     lr: Optional[float] = typer.Option(None, "--lr"),
-    weight_decay: float = typer.Option(1e-4, "--weight-decay"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default: 0.05 frozen, 0 finetune."),
     head: str = typer.Option("mlp", "--head", help="mlp or linear."),
     hidden: int = typer.Option(512, "--hidden"),
-    dropout: float = typer.Option(0.5, "--dropout"),
-    patience: int = typer.Option(15, "--patience", min=1),
+    dropout: float = typer.Option(0.7, "--dropout"),
+    patience: int = typer.Option(10, "--patience", min=1),
     val_fraction: float = typer.Option(0.15, "--val-fraction"),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
@@ -111,8 +119,9 @@ def train(
             typer.secho(f"skipped {len(report.skipped)} poster(s): " + "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5]), fg=typer.colors.YELLOW, err=True)
         if limit:
             ds = ds.subset(range(min(limit, len(ds))))
+        size = _parse_size(image_size) if image_size else None
         recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, image_size=image_size,
+                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, image_size=size,
                         val_fraction=val_fraction, seed=seed, patience=patience, device=device)
         m = run_train(ds, recipe, out, cache_dir=cache_dir, weights=weights, progress=not quiet,
                       data_source=str(data or labels))
