@@ -167,6 +167,58 @@ def evaluate(
     _emit(METRICS_FORMATS[fmt](result), output)
 
 
+@app.command()
+def compare(
+    data: Optional[Path] = typer.Option(None, "--data"),
+    labels: Optional[Path] = typer.Option(None, "--labels"),
+    images: Optional[Path] = typer.Option(None, "--images"),
+    out: Path = typer.Option(..., "--out", help="Results folder."),
+    backbones: str = typer.Option(..., "--backbones", help="Comma-separated backbone names."),
+    mode: str = typer.Option("frozen", "--mode", help="frozen or finetune."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
+    batch_size: int = typer.Option(33, "--batch-size", min=1),
+    image_size: Optional[str] = typer.Option(None, "--image-size", help="N or HxW (default: each backbone's own; finetune: 350)."),
+    test_fraction: float = typer.Option(0.15, "--test-fraction"),
+    seed: int = typer.Option(0, "--seed"),
+    weights: List[str] = typer.Option([], "--weights", help="NAME=FILE: local weights for a backbone (repeatable)."),
+    allow_random_init: bool = typer.Option(False, "--allow-random-init", help="Train backbones without pretrained weights on random ones (the row says so)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the finished rows of an interrupted run."),
+    new_posters: Optional[Path] = typer.Option(None, "--new-posters", help="Posters for predictions.png (default: ../shared/datasets/new-posters or examples/)."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
+    limit: Optional[int] = typer.Option(None, "--limit", min=4, help="Use only the first N posters (quick trials)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train several backbones under one protocol and write the study's table and figures."""
+    from .compare import CompareConfig
+    from .compare import compare as run_compare
+    from .data import load_dataset
+    from .predict import iter_image_paths
+
+    try:
+        named = {}
+        for item in weights:
+            name, sep, file = item.partition("=")
+            if not sep or not file:
+                raise ValueError(f"--weights takes NAME=FILE, not {item!r}")
+            named[name.strip()] = file.strip()
+        ds, _ = load_dataset(data, labels, images)
+        if limit:
+            ds = ds.subset(range(min(limit, len(ds))))
+        cfg = CompareConfig(backbones=[b.strip() for b in backbones.split(",") if b.strip()], mode=mode, epochs=epochs,
+                            batch_size=batch_size, image_size=_parse_size(image_size) if image_size else None,
+                            test_fraction=test_fraction, seed=seed, weights=named, allow_random_init=allow_random_init)
+        if new_posters is None:
+            shipped = Path(__file__).resolve().parents[2] / "examples"
+            shared = Path("../shared/datasets/new-posters")
+            new_posters = shared if shared.is_dir() else shipped if shipped.is_dir() else None
+        posters = list(iter_image_paths([new_posters])) if new_posters else []
+        rows = run_compare(ds, cfg, out, cache_dir=cache_dir, resume=resume, progress=not quiet, new_posters=posters,
+                           log=lambda msg: typer.secho(msg, err=True))
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo((Path(out) / "results.md").read_text())
+
+
 @data_app.command("check")
 def data_check(
     data: Optional[Path] = typer.Argument(None, help="Dataset folder (train.csv + Images/)."),

@@ -121,10 +121,13 @@ def train(
     progress: bool = True,
     split: tuple[np.ndarray, np.ndarray] | None = None,
     data_source: str = "",
+    monitor: tuple[str, PosterDataset] | None = None,
 ) -> PosterGenreModel:
     """Train on ``dataset`` with ``recipe`` and save the model to ``out_dir``.
 
     ``split`` (train indices, validation indices) overrides the recipe's seeded split.
+    ``monitor=(name, other_dataset)`` logs that set's loss per epoch as ``<name>_loss`` in the
+    history (for the study's loss curves); it never influences training or model selection.
     """
     r = recipe.resolved()
     gen = _seed_everything(r.seed)
@@ -146,10 +149,17 @@ def train(
         if errors:
             raise ValueError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
         extract_seconds = time.time() - t0
-        val_scores = _fit_head(model, feats, y, train_idx, val_idx, r, history, gen, progress)
+        watch = None
+        if monitor is not None:
+            mfeats, _ = extract_features(backbone, monitor[1].paths, pp, cache_dir, device=r.device, progress=progress)
+            watch = (monitor[0], mfeats, monitor[1].labels.astype(np.float32))
+        val_scores = _fit_head(model, feats, y, train_idx, val_idx, r, history, gen, progress, watch)
     else:
         extract_seconds = 0.0
-        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress)
+        watch = None
+        if monitor is not None:
+            watch = (monitor[0], make_loader(monitor[1].paths, pp, r.batch_size, r.workers), monitor[1].labels.astype(np.float32))
+        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch)
 
     # The decision rules, tuned on validation; then the validation figures under the default rule.
     thresholds = tune_thresholds(y[val_idx], val_scores)
@@ -185,7 +195,7 @@ def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
-def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, gen, progress) -> np.ndarray:
+def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None) -> np.ndarray:
     """Frozen mode: train the head on cached features. Returns the best epoch's val scores."""
     from tqdm.auto import tqdm
 
@@ -224,6 +234,9 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
             scores = torch.sigmoid(logits).cpu().numpy()
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
         row.update({f"val_{k}": v for k, v in _epoch_metrics(y[val_idx], scores).items()})
+        if watch is not None:
+            with torch.no_grad():
+                row[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
         row["seconds"] = round(time.time() - t, 3)
         history.epochs.append(row)
         history.iterations += losses
@@ -238,6 +251,10 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
     head.load_state_dict(best_state)
     head.cpu()
     return best_scores
+
+
+def _loss_of_scores(scores: np.ndarray, y: np.ndarray) -> float:
+    return float(nn.functional.binary_cross_entropy(torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y)))
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -259,7 +276,7 @@ def _predict_loader(model, loader, device) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress) -> np.ndarray:
+def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None) -> np.ndarray:
     """Finetune mode: the study's recipe on decoded images. Returns the best epoch's val scores."""
     from tqdm.auto import tqdm
 
@@ -293,9 +310,11 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
             losses.append(loss.item())
             bar.set_postfix(loss=f"{loss.item():.4f}")
         scores = _predict_loader(model, val_loader, r.device)
-        val_loss = float(nn.functional.binary_cross_entropy(torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(yv)))
+        val_loss = _loss_of_scores(scores, yv)
         row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
         row.update({f"val_{k}": v for k, v in _epoch_metrics(yv, scores).items()})
+        if watch is not None:
+            row[f"{watch[0]}_loss"] = _loss_of_scores(_predict_loader(model, watch[1], r.device), watch[2])
         row["seconds"] = round(time.time() - t, 3)
         history.epochs.append(row)
         history.iterations += losses
