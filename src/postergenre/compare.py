@@ -89,6 +89,8 @@ def write_tables(out: Path, rows: dict[str, dict], cfg: CompareConfig, n_train: 
         "",
         "\"Accuracy\" is micro recall@3 (true genres in each poster's top 3 / all true genres), our",
         "reading of the study's undefined accuracy; the study's own figure stands beside ours.",
+        "Test metrics at the top-3 rule. `train s` includes feature extraction only where the feature",
+        "cache did not hold it yet; `posters/s` is end-to-end prediction (read, decode, model) on test posters.",
         "",
         "| backbone | test accuracy (ours) | study's accuracy | train accuracy | precision@3 | mAP | micro F1 | macro F1 | Hamming | subset acc. | train s | posters/s | weights |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
