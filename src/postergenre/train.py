@@ -100,6 +100,16 @@ class History:
     epochs: list[dict] = field(default_factory=list)
     iterations: list[float] = field(default_factory=list)
 
+    def log(self, epoch: int, losses: list[float], val_loss: float, y_val, scores, started: float, extra: dict) -> dict:
+        """Record one epoch: its row (losses, validation metrics, seconds) and its batch losses."""
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
+        row.update({f"val_{k}": v for k, v in _epoch_metrics(y_val, scores).items()})
+        row.update(extra)
+        row["seconds"] = round(time.time() - started, 3)
+        self.epochs.append(row)
+        self.iterations += losses
+        return row
+
     def to_csv(self) -> str:
         if not self.epochs:
             return ""
@@ -109,6 +119,24 @@ class History:
 
     def iterations_csv(self) -> str:
         return "iteration,train_loss\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(self.iterations))
+
+
+class BestEpoch:
+    """Keeps the weights and validation scores of the epoch with the best validation mAP, and
+    says when ``patience`` epochs have passed without a better one."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.stale = patience, -1.0, 0
+        self.state: dict | None = None
+        self.scores: np.ndarray | None = None
+
+    def update(self, row: dict, scores: np.ndarray, module: nn.Module) -> bool:
+        if row["val_mAP"] > self.best:
+            self.best, self.scores, self.stale = row["val_mAP"], scores, 0
+            self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
 
 
 def train(
@@ -212,7 +240,7 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
     head.feature_std.copy_(std.clamp_min(0.1 * float(std.mean())))
     opt = torch.optim.AdamW(head.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r.epochs)
-    best, best_state, best_scores, stale = -1.0, None, None, 0
+    keeper = BestEpoch(r.patience)
     bar = tqdm(range(1, r.epochs + 1), desc="epochs", unit="ep", disable=not progress)
     for epoch in bar:
         t = time.time()
@@ -232,25 +260,17 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
             logits = head(xv)
             val_loss = _bce(logits, yv).item()
             scores = torch.sigmoid(logits).cpu().numpy()
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
-        row.update({f"val_{k}": v for k, v in _epoch_metrics(y[val_idx], scores).items()})
+        extra = {}
         if watch is not None:
             with torch.no_grad():
-                row[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
-        row["seconds"] = round(time.time() - t, 3)
-        history.epochs.append(row)
-        history.iterations += losses
+                extra[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
+        row = history.log(epoch, losses, val_loss, y[val_idx], scores, t, extra)
         bar.set_postfix(val_mAP=f"{row['val_mAP']:.3f}", val_r3=f"{row['val_micro_recall_at_3']:.3f}")
-        if row["val_mAP"] > best:
-            best, best_scores, stale = row["val_mAP"], scores, 0
-            best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= r.patience:
-                break
-    head.load_state_dict(best_state)
+        if keeper.update(row, scores, head):
+            break
+    head.load_state_dict(keeper.state)
     head.cpu()
-    return best_scores
+    return keeper.scores
 
 
 def _loss_of_scores(scores: np.ndarray, y: np.ndarray) -> float:
@@ -286,7 +306,7 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
     opt = torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     val_loader = make_loader([paths[i] for i in val_idx], pp, r.batch_size, r.workers)
     yv = y[val_idx]
-    best, best_state, best_scores, stale = -1.0, None, None, 0
+    keeper = BestEpoch(r.patience)
     for epoch in range(1, r.epochs + 1):
         t = time.time()
         model.train()
@@ -311,23 +331,15 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
             bar.set_postfix(loss=f"{loss.item():.4f}")
         scores = _predict_loader(model, val_loader, r.device)
         val_loss = _loss_of_scores(scores, yv)
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
-        row.update({f"val_{k}": v for k, v in _epoch_metrics(yv, scores).items()})
+        extra = {}
         if watch is not None:
-            row[f"{watch[0]}_loss"] = _loss_of_scores(_predict_loader(model, watch[1], r.device), watch[2])
-        row["seconds"] = round(time.time() - t, 3)
-        history.epochs.append(row)
-        history.iterations += losses
-        if row["val_mAP"] > best:
-            best, best_scores, stale = row["val_mAP"], scores, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        else:
-            stale += 1
-            if stale >= r.patience:
-                break
-    model.load_state_dict(best_state)
+            extra[f"{watch[0]}_loss"] = _loss_of_scores(_predict_loader(model, watch[1], r.device), watch[2])
+        row = history.log(epoch, losses, val_loss, yv, scores, t, extra)
+        if keeper.update(row, scores, model):
+            break
+    model.load_state_dict(keeper.state)
     model.cpu()
-    return best_scores
+    return keeper.scores
 
 
 def model_card(cfg: dict) -> str:
