@@ -205,10 +205,14 @@ def read_config(model_dir: str | Path) -> dict:
         raise ModelError(f"{model_dir}: model directory not found")
     if not path.is_file():
         raise ModelError(f"{model_dir}: not a postergenre model (no {CONFIG_FILE})")
+    return _read_json(path, "config")
+
+
+def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: damaged config ({exc})") from None
+        raise ModelError(f"{path}: damaged {what} ({exc})") from None
 
 
 def read_split(model_dir: str | Path | None) -> dict[str, list[str]]:
@@ -216,10 +220,7 @@ def read_split(model_dir: str | Path | None) -> dict[str, list[str]]:
     path = resolve_model_path(model_dir) / "split.json"
     if not path.is_file():
         raise ModelError(f"{path.parent}: the model has no split.json")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: damaged split file ({exc})") from None
+    return _read_json(path, "split file")
 
 
 def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbone_weights: str | Path | None = None) -> PosterGenreModel:
