@@ -16,13 +16,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 
 from . import metrics as M
 from .backbones import WeightsUnavailable, build_backbone, get_spec
 from .data import PosterDataset, split_indices
 from .model import atomic_file, load_model
-from .predict import predict_paths, score_paths
+from .predict import evaluate_dataset, predict_paths, score_paths
 from .train import Recipe, train
 
 # The study's reported test "accuracy" (read as micro recall@3), by our backbone names.
@@ -148,7 +147,7 @@ def compare(
             raise ValueError(f"{out}: --resume with a different split or dataset than the interrupted run")
     atomic_file(out / "compare.json", json.dumps(meta, indent=1) + "\n")
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
-    y_train, y_test = train_set.labels, test_set.labels
+    y_train = train_set.labels
 
     for name in cfg.backbones:
         get_spec(name)  # unknown names fail before any work
@@ -174,9 +173,8 @@ def compare(
                       allow_random_init=cfg.allow_random_init, progress=progress,
                       monitor=("test", test_set))
         seconds = time.time() - t
-        s_test, _ = score_paths(model, test_set.paths, cache_dir)
+        m_test = evaluate_dataset(model, test_set, cache_dir=cache_dir)
         s_train, _ = score_paths(model, train_set.paths, cache_dir)
-        m_test = M.evaluate(y_test, s_test, model.decision.apply(s_test), dataset.genres)
         rows[name] = {
             "backbone": name, "status": "ok",
             "weights": "random init" if origin == "random init" else get_spec(name).weight_source if origin == "package" else origin,
