@@ -227,7 +227,32 @@ def test_evaluate_only_split(tiny_model, tiny_data, cache_dir):
     assert m["micro_recall_at_3"] == pytest.approx(stored["micro_recall_at_3"], abs=1e-6)
     assert m["mAP"] == pytest.approx(stored["mAP"], abs=1e-6)
     res = run("evaluate", "--data", tiny_data, "--model", tiny_model, "--only-split", "test")
-    assert res.exit_code == 2 and "--only-split must be train or val" in res.stderr
+    assert res.exit_code == 2 and "--only-split must be one of train, val" in res.stderr
+
+
+def test_train_test_fraction_keeps_a_disjoint_test_part(tiny_data, cache_dir, tmp_path):
+    out = tmp_path / "model"
+    res = run("train", "--data", tiny_data, "--out", out, "--backbone", "pixels", "--epochs", "3", "--loss", "asl",
+              "--test-fraction", "0.25", "--cache-dir", cache_dir, "-q")
+    assert res.exit_code == 0, res.output
+    assert "test: micro_recall_at_3" in res.stdout
+    split = json.loads((out / "split.json").read_text())
+    parts = [set(split[k]) for k in ("train", "val", "test")]
+    assert all(parts) and not (parts[0] & parts[1] or parts[0] & parts[2] or parts[1] & parts[2])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["recipe"]["loss"] == "asl" and cfg["data"]["n_test"] == len(split["test"])
+    assert "Test metrics" in (out / "MODEL.md").read_text()
+    # the stored test figures are what evaluate gives on that part
+    res = run("evaluate", "--data", tiny_data, "--model", out, "--format", "json", "--cache-dir", cache_dir, "--only-split", "test")
+    assert res.exit_code == 0, res.output
+    m = json.loads(res.stdout)
+    assert m["n_posters"] == len(split["test"])
+    assert m["mAP"] == pytest.approx(cfg["test_metrics"]["mAP"], abs=1e-6)
+
+
+def test_train_rejects_unknown_loss(tiny_data, tmp_path):
+    res = run("train", "--data", tiny_data, "--out", tmp_path / "m", "--loss", "hinge")
+    assert res.exit_code == 2 and "unknown loss 'hinge'" in res.stderr
 
 
 def test_train_image_size_hxw(tiny_data, cache_dir, tmp_path):

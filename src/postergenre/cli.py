@@ -98,8 +98,10 @@ def train(
     head: str = typer.Option("mlp", "--head", help="mlp or linear."),
     hidden: int = typer.Option(512, "--hidden"),
     dropout: float = typer.Option(0.7, "--dropout"),
+    loss: str = typer.Option("bce", "--loss", help="bce, bce_balanced or asl (asymmetric loss)."),
     patience: int = typer.Option(10, "--patience", min=1),
-    val_fraction: float = typer.Option(0.15, "--val-fraction"),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", help="Validation part (of what the test part leaves)."),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", help="Keep this part aside, score it once at the end (test_metrics.json)."),
     seed: int = typer.Option(0, "--seed"),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     weights: Optional[Path] = typer.Option(None, "--weights", help="Backbone weights file (torchvision state dict)."),
@@ -121,15 +123,17 @@ def train(
             ds = ds.subset(range(min(limit, len(ds))))
         size = _parse_size(image_size) if image_size else None
         recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, image_size=size,
-                        val_fraction=val_fraction, seed=seed, patience=patience, device=device)
+                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, loss=loss, image_size=size,
+                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, patience=patience, device=device)
         m = run_train(ds, recipe, out, cache_dir=cache_dir, weights=weights, progress=not quiet,
                       data_source=str(data or labels))
     except _user_errors() as exc:
         _fail(exc)
     vm = m.config["validation_metrics"]
     typer.echo(f"saved {out}  ({m.config['training_seconds']} s)")
-    typer.echo("validation: " + ", ".join(f"{k} {vm[k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
+    for part, key in (("validation", "validation_metrics"), ("test", "test_metrics")):
+        if key in m.config:
+            typer.echo(f"{part}: " + ", ".join(f"{k} {m.config[key][k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
 
 
 @app.command()
@@ -144,7 +148,7 @@ def evaluate(
     output: Optional[Path] = typer.Option(None, "--output", "-o"),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
-    only_split: Optional[str] = typer.Option(None, "--only-split", help="train or val: only the posters of that part of the model's own split (split.json)."),
+    only_split: Optional[str] = typer.Option(None, "--only-split", help="train, val or test: only the posters of that part of the model's own split (split.json)."),
 ):
     """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
     from .data import load_dataset
@@ -158,9 +162,10 @@ def evaluate(
         ds, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
         m = load_model(model)
         if only_split:
-            if only_split not in ("train", "val"):
-                raise ValueError(f"--only-split must be train or val, not {only_split!r}")
-            ds = ds.subset_ids(read_split(model)[only_split])
+            parts = read_split(model)
+            if only_split not in parts:
+                raise ValueError(f"--only-split must be one of {', '.join(parts)} (the parts in the model's split.json), not {only_split!r}")
+            ds = ds.subset_ids(parts[only_split])
         result = evaluate_dataset(m, ds, m.decision_rule(decision, top_k), cache_dir, progress=sys.stderr.isatty())
     except _user_errors() as exc:
         _fail(exc)

@@ -1,11 +1,13 @@
 """Training recipes, read top to bottom.
 
 ``frozen``: pretrained backbone features are computed once (cached on disk), then a small head
-is trained on them with BCE and Adam, keeping the epoch with the best validation mAP.
+is trained on them (AdamW, cosine schedule), keeping the epoch with the best validation mAP.
 ``finetune``: the study's recipe end to end (350x350, batch 33, Adam, BCE) on CPU or GPU.
 
-Both split off a validation part with seeded multi-label iterative stratification, tune the
-per-genre thresholds on it, and save the model directory with its history and split.
+Both optionally keep a test part aside first (``test_fraction``; never looked at until the model
+is final), split a validation part off the rest with seeded multi-label iterative
+stratification, tune the per-genre thresholds on it, and save the model directory with its
+history, split and metrics.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .data import PosterDataset, split_indices
 from .decision import DecisionRule, tune_thresholds
 from .features import extract_features, make_loader
 from .images import Preprocess
+from .losses import LOSSES, build_loss
 from .model import HEADS, PosterGenreModel, new_config
 
 DEFAULT_BACKBONE = "efficientnet_lite0_poster"
@@ -46,11 +49,13 @@ class Recipe:
     lr: float | None = None
     weight_decay: float | None = None  # frozen: 0.05 (AdamW; the head overfits 6k posters fast); finetune: 0
     head: str = "mlp"  # see model.HEADS
+    loss: str = "bce"  # see losses.LOSSES; the validation loss is always reported as BCE
     hidden: int = 512
     dropout: float = 0.7
     image_size: int | tuple[int, int] | None = None  # square side, or (height, width)
-    val_fraction: float = 0.15
-    seed: int = 0
+    val_fraction: float = 0.15  # of the posters left after the test part
+    test_fraction: float = 0.0  # kept aside before anything else; 0 = no test part
+    seed: int = 0  # splits, initialisation and batch order
     patience: int = 10  # epochs without a better validation mAP before stopping
     device: str = "auto"
     workers: int | None = None
@@ -60,6 +65,10 @@ class Recipe:
             raise ValueError(f"unknown mode {self.mode!r}: choose frozen or finetune")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}: choose one of {', '.join(HEADS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"test fraction must be in [0, 1), got {self.test_fraction}")
         get_spec(self.backbone)  # fails early on an unknown name
         frozen = self.mode == "frozen"
         r = Recipe(**asdict(self))
@@ -83,10 +92,19 @@ def _seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def split_fingerprint(ids: list[str], train_idx, val_idx) -> str:
+def split_fingerprint(ids: list[str], train_idx, val_idx, test_idx=()) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps([[ids[i] for i in train_idx], [ids[i] for i in val_idx]]).encode())
+    parts = [[ids[i] for i in train_idx], [ids[i] for i in val_idx]] + ([[ids[i] for i in test_idx]] if len(test_idx) else [])
+    h.update(json.dumps(parts).encode())
     return h.hexdigest()[:16]
+
+
+def recipe_split(labels: np.ndarray, r: "Recipe") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) indices: the test part first (if any), then validation from the rest."""
+    rest, test = (split_indices(labels, r.test_fraction, r.seed) if r.test_fraction
+                  else (np.arange(len(labels)), np.zeros(0, dtype=int)))
+    tr, va = split_indices(labels[rest], r.val_fraction, r.seed)
+    return rest[tr], rest[va], test
 
 
 def _epoch_metrics(y: np.ndarray, scores: np.ndarray) -> dict:
@@ -153,13 +171,18 @@ def train(
 ) -> PosterGenreModel:
     """Train on ``dataset`` with ``recipe`` and save the model to ``out_dir``.
 
-    ``split`` (train indices, validation indices) overrides the recipe's seeded split.
+    ``split`` (train indices, validation indices) overrides the recipe's seeded split (and its
+    test part). With ``recipe.test_fraction`` the test part is scored once, after the model is
+    final, into ``test_metrics.json`` and the model card.
     ``monitor=(name, other_dataset)`` logs that set's loss per epoch as ``<name>_loss`` in the
     history (for the study's loss curves); it never influences training or model selection.
     """
     r = recipe.resolved()
     gen = _seed_everything(r.seed)
-    train_idx, val_idx = split if split is not None else split_indices(dataset.labels, r.val_fraction, r.seed)
+    if split is not None:
+        train_idx, val_idx, test_idx = np.asarray(split[0]), np.asarray(split[1]), np.zeros(0, dtype=int)
+    else:
+        train_idx, val_idx, test_idx = recipe_split(dataset.labels, r)
     y = dataset.labels.astype(np.float32)
 
     spec = get_spec(r.backbone)
@@ -181,13 +204,16 @@ def train(
         if monitor is not None:
             mfeats, _ = extract_features(backbone, monitor[1].paths, pp, cache_dir, device=r.device, progress=progress)
             watch = (monitor[0], mfeats, monitor[1].labels.astype(np.float32))
-        val_scores = _fit_head(model, feats, y, train_idx, val_idx, r, history, gen, progress, watch)
+        val_scores = fit_head(model.head, feats, y, train_idx, val_idx, r, history, gen, progress, watch)
+        test_scores = model.predict_proba_features(feats[test_idx]) if len(test_idx) else None
     else:
         extract_seconds = 0.0
         watch = None
         if monitor is not None:
             watch = (monitor[0], make_loader(monitor[1].paths, pp, r.batch_size, r.workers), monitor[1].labels.astype(np.float32))
         val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch)
+        test_scores = (_predict_loader(model, make_loader([dataset.paths[i] for i in test_idx], pp, r.batch_size, r.workers), "cpu")
+                       if len(test_idx) else None)
 
     # The decision rules, tuned on validation; then the validation figures under the default rule.
     thresholds = tune_thresholds(y[val_idx], val_scores)
@@ -201,21 +227,30 @@ def train(
             "n_posters": len(dataset),
             "n_train": int(len(train_idx)),
             "n_val": int(len(val_idx)),
-            "split_fingerprint": split_fingerprint(dataset.ids, train_idx, val_idx),
+            "n_test": int(len(test_idx)),
+            "split_fingerprint": split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
         },
         "validation_metrics": {k: val_metrics[k] for k in M.SUMMARY_KEYS},
         "validation_metrics_thresholds": {k: val_metrics_thr[k] for k in M.SUMMARY_KEYS},
         "training_seconds": round(time.time() - t0, 1),
         "feature_extraction_seconds": round(extract_seconds, 1),
     })
-    split_json = json.dumps({"train": [dataset.ids[i] for i in train_idx], "val": [dataset.ids[i] for i in val_idx]})
-    model.save(out_dir, card=model_card(model.config), extra_files={
+    parts = {"train": train_idx, "val": val_idx} | ({"test": test_idx} if len(test_idx) else {})
+    extra_files = {
         "history.csv": history.to_csv(),
         "history.json": json.dumps(history.epochs, indent=1),
         "iterations.csv": history.iterations_csv(),
-        "split.json": split_json,
+        "split.json": json.dumps({k: [dataset.ids[i] for i in v] for k, v in parts.items()}),
         "validation_metrics.json": json.dumps(val_metrics, indent=1),
-    })
+    }
+    if test_scores is not None:
+        yt = y[test_idx]
+        test_metrics = M.evaluate(yt, test_scores, model.decision.apply(test_scores), dataset.genres)
+        test_thr = M.evaluate(yt, test_scores, model.decision_rule("thresholds").apply(test_scores), dataset.genres)
+        model.config["test_metrics"] = {k: test_metrics[k] for k in M.SUMMARY_KEYS}
+        model.config["test_metrics_thresholds"] = {k: test_thr[k] for k in M.SUMMARY_KEYS}
+        extra_files["test_metrics.json"] = json.dumps(test_metrics, indent=1)
+    model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
     return model
 
 
@@ -223,12 +258,21 @@ def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(logits, target)
 
 
-def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None) -> np.ndarray:
-    """Frozen mode: train the head on cached features. Returns the best epoch's val scores."""
+def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_idx, r: Recipe,
+             history: History | None = None, gen: torch.Generator | None = None, progress: bool = False,
+             watch=None) -> np.ndarray:
+    """Frozen mode: train ``head`` in place on features ``(N, D)`` with labels ``(N, G)``.
+
+    Keeps the epoch with the best validation mAP and returns its validation scores ``(len(val_idx), G)``.
+    """
     from tqdm.auto import tqdm
 
+    r = r.resolved()
+    history = history if history is not None else History()
     torch.manual_seed(r.seed)  # dropout masks must not depend on whether extraction ran
-    head = model.head.to(r.device)
+    gen = gen if gen is not None else torch.Generator().manual_seed(r.seed)
+    head = head.to(r.device)
+    criterion = build_loss(r.loss, y[train_idx]).to(r.device)
     xt = torch.as_tensor(feats[train_idx], device=r.device)
     yt = torch.as_tensor(y[train_idx], device=r.device)
     xv = torch.as_tensor(feats[val_idx], device=r.device)
@@ -249,7 +293,7 @@ def _fit_head(model, feats, y, train_idx, val_idx, r: Recipe, history: History, 
         losses = []
         for i in range(0, len(order), r.batch_size):
             b = order[i:i + r.batch_size]
-            loss = _bce(head(xt[b]), yt[b])
+            loss = criterion(head(xt[b]), yt[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -304,6 +348,7 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
     pp = model.preprocess
     paths = dataset.paths
     opt = torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    criterion = build_loss(r.loss, y[train_idx]).to(r.device)
     val_loader = make_loader([paths[i] for i in val_idx], pp, r.batch_size, r.workers)
     yv = y[val_idx]
     keeper = BestEpoch(r.patience)
@@ -323,7 +368,7 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
             x = _augment(batch, gen).to(r.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=r.device.startswith("cuda")):
                 logits = model(x)
-            loss = _bce(logits.float(), target)
+            loss = criterion(logits.float(), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -347,12 +392,20 @@ def model_card(cfg: dict) -> str:
     vm, vt = cfg.get("validation_metrics", {}), cfg.get("validation_metrics_thresholds", {})
     r, d, b = cfg.get("recipe", {}), cfg.get("data", {}), cfg["backbone"]
     rows = "\n".join(f"| {k} | {vm.get(k, float('nan')):.4f} | {vt.get(k, float('nan')):.4f} |" for k in M.SUMMARY_KEYS)
+    tm, tt = cfg.get("test_metrics"), cfg.get("test_metrics_thresholds", {})
+    test_section = "" if not tm else (
+        f"\n## Test metrics ({d.get('n_test')} held-out posters)\n"
+        "Kept aside before training; nothing (epoch, thresholds, recipe choice) was tuned on them.\n\n"
+        "| metric | top-3 | thresholds |\n|---|---|---|\n"
+        + "\n".join(f"| {k} | {tm.get(k, float('nan')):.4f} | {tt.get(k, float('nan')):.4f} |" for k in M.SUMMARY_KEYS)
+        + "\n"
+    )
     cmd = (
         f"postergenre train --data {d.get('source') or 'DIR'} --out MODEL_DIR --backbone {r.get('backbone')} "
         f"--mode {r.get('mode')} --epochs {r.get('epochs')} --batch-size {r.get('batch_size')} --lr {r.get('lr')} "
-        f"--head {r.get('head')} --hidden {r.get('hidden')} --dropout {r.get('dropout')} "
+        f"--head {r.get('head')} --hidden {r.get('hidden')} --dropout {r.get('dropout')} --loss {r.get('loss', 'bce')} "
         f"--weight-decay {r.get('weight_decay')} --patience {r.get('patience')} "
-        f"--val-fraction {r.get('val_fraction')} --seed {r.get('seed')}"
+        f"--val-fraction {r.get('val_fraction')} --test-fraction {r.get('test_fraction', 0.0)} --seed {r.get('seed')}"
         + (f" --image-size {'x'.join(map(str, _size_pair(r['image_size'])))}" if r.get("image_size") else "")
     )
     return f"""# Model card: {cfg.get('name')}
@@ -369,7 +422,7 @@ Predicts a movie's genres ({len(cfg['genres'])} genres) from its poster. Multi-l
 ```
 {cmd}
 ```
-Data: {d.get('n_posters')} labelled posters, {d.get('n_train')} train / {d.get('n_val')} validation
+Data: {d.get('n_posters')} labelled posters, {d.get('n_train')} train / {d.get('n_val')} validation / {d.get('n_test', 0)} test
 (multi-label iterative stratification, seed {r.get('seed')}; split fingerprint `{d.get('split_fingerprint')}`).
 Training time: {cfg.get('training_seconds')} s (feature extraction {cfg.get('feature_extraction_seconds')} s).
 The best epoch by validation mAP is kept, so the validation figures are slightly optimistic.
@@ -378,7 +431,7 @@ The best epoch by validation mAP is kept, so the validation figures are slightly
 | metric | top-3 | thresholds |
 |---|---|---|
 {rows}
-
+{test_section}
 `micro_recall_at_3` is our reading of the study's "accuracy": true genres found in the top 3 / all true genres.
 
 ## Limits
