@@ -1,7 +1,7 @@
 """End-to-end batch prediction speed of a model: file read + decode + resize + model + decision.
 
     .venv/bin/python benchmarks/predict_throughput.py --images ../shared/datasets/movie-posters/Images \
-        [--n 500] [--model default] [--out benchmarks/results/predict_throughput.json]
+        [--n 500] [--model default] [--engine auto] [--out benchmarks/results/predict_throughput.json]
 
 Runs ``predict_paths`` (what ``postergenre predict`` runs) over the first N posters in name
 order, after a short warm-up on other posters, and writes posters/s with the machine's facts.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from postergenre.model import load_model
+from postergenre.onnx_engine import load_for_inference
 from postergenre.predict import iter_image_paths, predict_paths
 
 
@@ -29,12 +29,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--model", default="default")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--engine", default="auto", choices=["auto", "torch", "onnx"])
     ap.add_argument("--out", default="benchmarks/results/predict_throughput.json")
     args = ap.parse_args()
     paths = list(iter_image_paths([args.images]))
     warm, paths = paths[-64:], paths[: args.n]
     t = time.perf_counter()
-    model = load_model(args.model)
+    model = load_for_inference(args.model, args.engine)
     load_s = time.perf_counter() - t
     list(predict_paths(model, warm, batch_size=args.batch_size))
     t = time.perf_counter()
@@ -43,7 +44,7 @@ def main() -> None:
     out = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model": model.name,
-        "backbone": model.config["backbone"]["name"],
+        "engine": type(model).__name__,
         "input_size": model.config["preprocess"]["size"],
         "n_posters": len(results),
         "errors": sum(r["error"] is not None for r in results),

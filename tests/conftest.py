@@ -22,6 +22,11 @@ import torch  # noqa: E402
 
 torch.set_num_threads(int(os.environ.get("POSTERGENRE_TEST_THREADS", "1")))
 
+# Feature caches and ONNX exports made by the tests stay out of the user's ~/.cache.
+import tempfile  # noqa: E402
+
+os.environ.setdefault("POSTERGENRE_CACHE", tempfile.mkdtemp(prefix="postergenre-test-cache-"))
+
 
 def make_poster(rng: np.random.Generator, genres: set[str], size=(60, 90)) -> Image.Image:
     """A synthetic poster whose look depends on its genres, so a head can learn them."""

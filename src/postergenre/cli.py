@@ -19,8 +19,9 @@ def _user_errors():
     from .backbones import WeightsUnavailable
     from .data import DatasetError
     from .model import ModelError
+    from .onnx_engine import ExportError
 
-    return (DatasetError, ModelError, WeightsUnavailable, FileNotFoundError, KeyError, ValueError)
+    return (DatasetError, ModelError, WeightsUnavailable, ExportError, OSError, KeyError, ValueError)
 
 
 def _fail(exc: Exception) -> None:
@@ -50,35 +51,55 @@ def _emit(text: str, output: Optional[Path]) -> None:
 @app.command()
 def predict(
     paths: List[Path] = typer.Argument(..., help="Poster files and/or folders (searched recursively)."),
-    model: str = typer.Option("default", "--model", "-m", help="Model directory, or 'default' (built in)."),
+    model: str = typer.Option("default", "--model", "-m", help="Model directory, an exported .onnx file, or 'default' (built in)."),
     top_k: int = typer.Option(3, "--top-k", "-k", min=1, help="Genres per poster (top-k rule), or the most (thresholds rule)."),
     decision: str = typer.Option("top_k", "--decision", help="top_k (the study's rule) or thresholds (tuned per genre on validation)."),
-    fmt: str = typer.Option("table", "--format", "-f", help="table, json or csv."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of stdout."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table, json, csv or jsonl (default: table; with --output FILE.csv/.jsonl, the file's kind)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file. .csv and .jsonl are written row by row as posters are done."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in --output (.csv/.jsonl) and skip their posters."),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: up to 2)."),
     device: str = typer.Option("cpu", "--device"),
+    engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime on CPU, exported once into the cache), torch or onnx."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input fails (default: only if all fail)."),
 ):
-    """Print the genres of each poster."""
-    from .formats import PREDICTION_FORMATS
-    from .model import load_model
+    """Print (or write) the genres of each poster."""
+    from .formats import PREDICTION_FORMATS, STREAM_SUFFIXES, ResultStream
+    from .onnx_engine import load_for_inference
     from .predict import predict_paths
 
+    stream_kind = STREAM_SUFFIXES.get(output.suffix.lower()) if output else None
     try:
+        fmt = fmt or stream_kind or "table"
         if fmt not in PREDICTION_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose {', '.join(PREDICTION_FORMATS)}")
-        m = load_model(model, device=device)
+        if stream_kind and fmt != stream_kind:
+            raise ValueError(f"--format {fmt} does not match the output file {output.name}")
+        if resume and not stream_kind:
+            raise ValueError("--resume needs --output FILE.csv or FILE.jsonl")
+        m = load_for_inference(model, engine, device=device)
         rule = m.decision_rule("thresholds" if decision == "thresholds" else decision, top_k)
-        results = list(predict_paths(m, paths, rule, batch_size=batch_size))
+        if stream_kind:
+            with ResultStream(output, m.genres, resume=resume) as out:
+                n_done, failed, total = len(out.done), 0, 0
+                for r in predict_paths(m, paths, rule, batch_size=batch_size, workers=workers, skip=out.done):
+                    out.write(r)
+                    failed += r["error"] is not None
+                    total += 1
+            typer.secho(f"wrote {output}: {total} poster(s)" + (f", {n_done} kept from before" if resume else ""), err=True)
+            if total == 0 and n_done == 0:
+                _fail(ValueError("no image files found in the given paths"))
+        else:
+            results = list(predict_paths(m, paths, rule, batch_size=batch_size, workers=workers))
+            if not results:
+                _fail(ValueError("no image files found in the given paths"))
+            _emit(PREDICTION_FORMATS[fmt](results), output)
+            failed, total = sum(r["error"] is not None for r in results), len(results)
     except _user_errors() as exc:
         _fail(exc)
-    if not results:
-        _fail(ValueError("no image files found in the given paths"))
-    _emit(PREDICTION_FORMATS[fmt](results), output)
-    failed = sum(r["error"] is not None for r in results)
     if failed:
-        typer.secho(f"{failed} of {len(results)} input(s) could not be read", fg=typer.colors.YELLOW, err=True)
-    if failed == len(results) or (strict and failed):
+        typer.secho(f"{failed} of {total} input(s) could not be read", fg=typer.colors.YELLOW, err=True)
+    if (total and failed == total) or (strict and failed):
         raise typer.Exit(1)
 
 
@@ -149,18 +170,25 @@ def evaluate(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir"),
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     only_split: Optional[str] = typer.Option(None, "--only-split", help="train, val or test: only the posters of that part of the model's own split (split.json)."),
+    engine: str = typer.Option("auto", "--engine", help="auto (frozen models: the feature cache; others: ONNX Runtime), torch or onnx."),
 ):
     """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
     from .data import load_dataset
     from .formats import METRICS_FORMATS
     from .model import load_model, read_split
+    from .onnx_engine import load_for_inference, resolve_engine
     from .predict import evaluate_dataset
 
     try:
         if fmt not in METRICS_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose {', '.join(METRICS_FORMATS)}")
         ds, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
-        m = load_model(model)
+        if str(model).lower().endswith(".onnx"):
+            m = load_for_inference(model, engine)
+        else:
+            m = load_model(model)
+            if engine != "torch" and not (engine == "auto" and m.config.get("mode") == "frozen"):
+                m = resolve_engine(m, engine, cache_dir)
         if only_split:
             parts = read_split(model)
             if only_split not in parts:
@@ -222,6 +250,26 @@ def compare(
     except _user_errors() as exc:
         _fail(exc)
     typer.echo((Path(out) / "results.md").read_text())
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", help="The .onnx file to write."),
+    model: str = typer.Option("default", "--model", "-m"),
+    check: Optional[List[Path]] = typer.Option(None, "--check", help="Posters to verify ONNX Runtime against PyTorch on (default: the shipped samples)."),
+):
+    """Export a model (backbone + head + sigmoid, preprocessing in the metadata) to ONNX, verified to 1e-4."""
+    from .model import load_model
+    from .onnx_engine import export_onnx
+    from .predict import iter_image_paths
+
+    try:
+        if out.suffix.lower() != ".onnx":
+            raise ValueError(f"{out}: the output file must end in .onnx")
+        report = export_onnx(load_model(model), out, list(iter_image_paths(check)) if check else None)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"wrote {report['path']}  (ONNX Runtime vs PyTorch on {report['n_checked']} poster(s): max |diff| {report['max_abs_diff']:.1e})")
 
 
 @data_app.command("check")

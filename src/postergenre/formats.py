@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+from pathlib import Path
 from typing import Callable
 
 from .metrics import SUMMARY_KEYS
@@ -28,23 +30,102 @@ def predictions_json(results: list[dict]) -> str:
     return json.dumps(results, indent=2, ensure_ascii=False)
 
 
+def _csv_header(genres: list[str]) -> list[str]:
+    return ["path", "predicted", "error", *genres]
+
+
+def _csv_row(r: dict, genres: list[str]) -> list:
+    scores = {g["genre"]: g["score"] for g in r["genres"]}
+    return [r["path"], "|".join(r["predicted"]), r["error"] or "", *(scores.get(g, "") for g in genres)]
+
+
 def predictions_csv(results: list[dict]) -> str:
     """One row per poster: path, predicted (``|``-joined), error, then one score column per genre."""
     genres = next((sorted(g["genre"] for g in r["genres"]) for r in results if r["genres"]), [])
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(["path", "predicted", "error", *genres])
+    w.writerow(_csv_header(genres))
     for r in results:
-        scores = {g["genre"]: g["score"] for g in r["genres"]}
-        w.writerow([r["path"], "|".join(r["predicted"]), r["error"] or "", *(scores.get(g, "") for g in genres)])
+        w.writerow(_csv_row(r, genres))
     return out.getvalue().rstrip("\n")
+
+
+def predictions_jsonl(results: list[dict]) -> str:
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in results)
 
 
 PREDICTION_FORMATS: dict[str, Callable[[list[dict]], str]] = {
     "table": predictions_table,
     "json": predictions_json,
     "csv": predictions_csv,
+    "jsonl": predictions_jsonl,
 }
+STREAM_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+class ResultStream:
+    """Writes prediction results to a ``.csv`` or ``.jsonl`` file one row at a time.
+
+    Rows are flushed as they are written, so a crash keeps every finished poster. With
+    ``resume`` the rows already in the file are kept (a torn last line from a crash is cut off)
+    and their paths are in :attr:`done`, to be skipped; every row counts, errors included.
+    """
+
+    def __init__(self, path: str | Path, genres: list[str], resume: bool = False):
+        self.path = Path(path)
+        self.kind = STREAM_SUFFIXES.get(self.path.suffix.lower())
+        if self.kind is None:
+            raise ValueError(f"{self.path}: streamed output must end in {' or '.join(STREAM_SUFFIXES)}")
+        self.genres = sorted(genres)
+        self.done: set[str] = set()
+        self.written = 0
+        if resume and self.path.is_file() and self.path.stat().st_size:
+            self._read_done()
+            self.f = self.path.open("a", encoding="utf-8", newline="")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = self.path.open("w", encoding="utf-8", newline="")
+            if self.kind == "csv":
+                csv.writer(self.f, lineterminator="\n").writerow(_csv_header(self.genres))
+        self._csv = csv.writer(self.f, lineterminator="\n")
+
+    def _read_done(self) -> None:
+        data = self.path.read_bytes()
+        if not data.endswith(b"\n"):  # the last row was cut by a crash: drop it, it will be redone
+            with self.path.open("r+b") as f:
+                f.truncate(data.rfind(b"\n") + 1)
+            data = data[: data.rfind(b"\n") + 1]
+        text = data.decode("utf-8")
+        if self.kind == "csv":
+            rows = list(csv.reader(io.StringIO(text)))
+            if not rows or rows[0] != _csv_header(self.genres):
+                raise ValueError(f"{self.path}: cannot resume, its header is not this model's (path, predicted, error, then its genres)")
+            self.done = {row[0] for row in rows[1:] if row}
+        else:
+            for n, line in enumerate(text.splitlines(), 1):
+                try:
+                    self.done.add(json.loads(line)["path"])
+                except (ValueError, KeyError, TypeError):
+                    raise ValueError(f"{self.path}: cannot resume, line {n} is not a prediction result") from None
+
+    def write(self, r: dict) -> None:
+        if self.kind == "csv":
+            self._csv.writerow(_csv_row(r, self.genres))
+        else:
+            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        self.f.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+
+    def __enter__(self) -> "ResultStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def metrics_table(m: dict) -> str:

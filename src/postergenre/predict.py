@@ -6,6 +6,7 @@ Results come out in input order as plain dicts (the JSON of ``postergenre predic
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -45,32 +46,43 @@ def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres
     }
 
 
+BLOCK = 2048  # paths per loader: bounds memory on any number of inputs
+
+
 def predict_paths(
-    model: PosterGenreModel,
+    model,
     inputs: Iterable[str | Path],
     decision: DecisionRule | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    skip: set[str] | None = None,
 ) -> Iterator[dict]:
-    """Predict every image under ``inputs``; yields one result dict per file, in order."""
+    """Predict every image under ``inputs``; yields one result dict per file, in order.
+
+    ``model``: a :class:`PosterGenreModel` or an :class:`~postergenre.onnx_engine.OnnxModel`.
+    The file list is streamed in blocks of :data:`BLOCK` (decoded in parallel by loader
+    workers), so memory does not grow with the number of inputs. Paths in ``skip`` are left out.
+    """
     decision = decision or model.decision
-    paths = [str(p) for p in iter_image_paths(inputs)]
     genres = model.genres
-    for idx, batch, errors in make_loader(paths, model.preprocess, batch_size, workers):
-        scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
-        masks = decision.apply(scores) if len(scores) else scores.astype(bool)
-        by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
-        for i in sorted(list(idx) + list(errors)):
-            if i in errors:
-                yield result(paths[i], None, None, genres, errors[i])
-            else:
-                yield result(paths[i], *by_index[i], genres)
+    paths_iter = (str(p) for p in iter_image_paths(inputs) if not skip or str(p) not in skip)
+    while block := list(itertools.islice(paths_iter, BLOCK)):
+        for idx, batch, errors in make_loader(block, model.preprocess, batch_size, workers):
+            scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
+            masks = decision.apply(scores) if len(scores) else scores.astype(bool)
+            by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
+            for i in sorted(list(idx) + list(errors)):
+                if i in errors:
+                    yield result(block[i], None, None, genres, errors[i])
+                else:
+                    yield result(block[i], *by_index[i], genres)
 
 
-def score_paths(model: PosterGenreModel, paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
-    """Scores ``(N, G)`` and ``{index: error}`` for many files. A frozen model goes through the
-    feature cache, so evaluating on the posters it was trained on costs no extraction."""
-    if model.config.get("mode") == "frozen":
+def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
+    """Scores ``(N, G)`` and ``{index: error}`` for many files. A frozen PyTorch model goes
+    through the feature cache, so evaluating on the posters it was trained on costs no
+    extraction; any other model (an :class:`~postergenre.onnx_engine.OnnxModel` too) scores images."""
+    if isinstance(model, PosterGenreModel) and model.config.get("mode") == "frozen":
         feats, errors = extract_features(model.backbone_info, paths, model.preprocess, cache_dir, progress=progress)
         return model.predict_proba_features(feats), errors
     scores = np.zeros((len(paths), len(model.genres)), dtype=np.float32)
@@ -82,7 +94,7 @@ def score_paths(model: PosterGenreModel, paths: list, cache_dir=None, progress: 
     return scores, errors
 
 
-def evaluate_dataset(model: PosterGenreModel, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False) -> dict:
+def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False) -> dict:
     """All metrics (see :func:`postergenre.metrics.evaluate`) of ``model`` on every poster of
     ``dataset``; the dataset's genres are matched to the model's by name."""
     from .metrics import evaluate

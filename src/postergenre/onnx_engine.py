@@ -1,0 +1,204 @@
+"""ONNX Runtime engine: the whole model (backbone + head + sigmoid) in one ``.onnx`` file.
+
+An exported file is self-contained: its metadata (key ``postergenre``) holds the genres, the
+preprocessing the input must have (size, mean, std, aspect squashed), the decision rule and the
+checksum of the weights it came from, so ``--model FILE.onnx`` works without the model folder.
+
+Export verifies ONNX Runtime against PyTorch on real posters and refuses (no file left) when
+any score differs by more than :data:`EXPORT_ATOL`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .images import Preprocess, load_rgb
+from .model import PosterGenreModel
+
+EXPORT_ATOL = 1e-4
+OPSET = 17
+ENGINES = ("auto", "torch", "onnx")
+SAMPLES_DIR = Path(__file__).parent / "samples"
+METADATA_KEY = "postergenre"
+
+
+class ExportError(RuntimeError):
+    """The export could not be made, or ONNX Runtime does not reproduce PyTorch's scores."""
+
+
+class _Scores(nn.Module):
+    """Images ``(B, 3, H, W)`` -> scores ``(B, G)`` in [0, 1]: what the .onnx file computes."""
+
+    def __init__(self, model: PosterGenreModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.model(x))
+
+
+def sample_posters() -> list[Path]:
+    """The posters shipped with the package (used to verify exports)."""
+    return sorted(SAMPLES_DIR.glob("*.jpg"))
+
+
+def model_fingerprint(model: PosterGenreModel) -> str:
+    """Identifies the weights and preprocessing an export must match (16 hex chars)."""
+    c = model.config
+    desc = json.dumps([c.get("weights_sha256"), c["backbone"].get("weights_id"), c["preprocess"], c["genres"]], sort_keys=True)
+    return hashlib.sha256(desc.encode()).hexdigest()[:16]
+
+
+def export_onnx(model: PosterGenreModel, out: str | Path, check_images: Sequence[str | Path] | None = None,
+                atol: float = EXPORT_ATOL) -> dict:
+    """Write ``out`` (atomically) and return the check: ``{"max_abs_diff", "n_checked", "path"}``.
+
+    ``check_images``: posters to compare ONNX Runtime with PyTorch on (default: the shipped samples).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    pp = model.preprocess
+    paths = list(check_images) if check_images else sample_posters()
+    if not paths:
+        raise ExportError("no posters to verify the export on")
+    batch = torch.stack([pp(load_rgb(p)) for p in paths])
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with torch.inference_mode():
+            expected = _Scores(model)(batch.contiguous(memory_format=torch.channels_last)).numpy()
+        with warnings.catch_warnings():  # the TorchScript exporter's notes on constant folding are noise here
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Scores(model), (batch[:1],), str(tmp), input_names=["image"], output_names=["scores"],
+                              dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+        proto = onnx.load(str(tmp))
+        meta = {"format_version": 1, "name": model.name, "genres": model.genres, "preprocess": model.config["preprocess"],
+                "decision": model.config["decision"], "weights_sha256": model.config.get("weights_sha256"),
+                "fingerprint": model_fingerprint(model), "input": "RGB, resized to preprocess.size (height, width) "
+                "without keeping the aspect ratio, scaled to [0, 1], then (x - mean) / std; NCHW float32"}
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+        onnx.save(proto, str(tmp))
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"image": batch.numpy()})[0]
+        diff = float(np.abs(got - expected).max())
+        if not np.isfinite(diff) or diff > atol:
+            raise ExportError(f"{out}: ONNX Runtime scores differ from PyTorch's by {diff:.2e} (> {atol:.0e}) "
+                              f"on {len(paths)} poster(s); not written")
+        os.replace(tmp, out)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    return {"path": str(out), "max_abs_diff": diff, "n_checked": len(paths)}
+
+
+class OnnxModel:
+    """Scores posters with ONNX Runtime. Same accessors as :class:`PosterGenreModel` for
+    prediction (``genres``, ``preprocess``, ``decision``, ``decision_rule``, ``predict_proba_tensor``)."""
+
+    def __init__(self, path: str | Path, threads: int | None = None):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            opts.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self.config = json.loads(meta[METADATA_KEY])
+        except KeyError:
+            raise ExportError(f"{self.path}: not a postergenre export (no '{METADATA_KEY}' metadata)") from None
+        except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
+            raise ExportError(f"{self.path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+        self.config.setdefault("mode", "onnx")
+
+    @property
+    def genres(self) -> list[str]:
+        return list(self.config["genres"])
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_dict(self.config["preprocess"])
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", self.path.stem)
+
+    @property
+    def decision(self):
+        from .decision import DecisionRule
+
+        return DecisionRule(**self.config["decision"])
+
+    def decision_rule(self, kind: str | None = None, k: int | None = None):
+        from .decision import DecisionRule
+
+        d = self.config["decision"]
+        return DecisionRule(kind or d["kind"], k or d["k"], d.get("thresholds"))
+
+    def predict_proba_tensor(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)``."""
+        x = batch.numpy() if torch.is_tensor(batch) else batch
+        return self.session.run(None, {"image": np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def cached_export(model: PosterGenreModel, cache_dir: str | Path | None = None) -> Path:
+    """The model's export in the cache (``<cache>/onnx/<name>-<fingerprint>.onnx``), made once."""
+    from .features import default_cache_dir
+
+    path = Path(cache_dir or default_cache_dir()) / "onnx" / f"{model.name}-{model_fingerprint(model)}.onnx"
+    if not path.is_file():
+        export_onnx(model, path)
+    return path
+
+
+def resolve_engine(model, engine: str = "auto", cache_dir: str | Path | None = None):
+    """The scorer for ``engine``: the PyTorch model itself, or an :class:`OnnxModel` of it.
+
+    ``auto`` uses ONNX Runtime (exporting the model into the cache the first time) on CPU and
+    falls back to PyTorch, with a warning, if the export fails.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    if isinstance(model, OnnxModel):
+        if engine == "torch":
+            raise ValueError(f"{model.path}: an .onnx model runs only with the onnx engine")
+        return model
+    on_gpu = next(model.head.parameters()).device.type != "cpu"
+    if engine == "torch" or (engine == "auto" and on_gpu):
+        return model
+    try:
+        return OnnxModel(cached_export(model, cache_dir))
+    except (ExportError, ImportError, RuntimeError) as exc:
+        if engine == "onnx":
+            raise
+        warnings.warn(f"ONNX engine unavailable, using PyTorch: {exc}", stacklevel=2)
+        return model
+
+
+def load_for_inference(model: str | Path | None = None, engine: str = "auto", device: str = "cpu",
+                       cache_dir: str | Path | None = None):
+    """A model directory (or "default") or an exported ``.onnx`` file, ready to score with ``engine``."""
+    if model is not None and str(model).lower().endswith(".onnx"):
+        if engine == "torch":
+            raise ValueError(f"{model}: an .onnx model runs only with the onnx engine")
+        if not Path(model).is_file():
+            raise ExportError(f"{model}: file not found")
+        return OnnxModel(model)
+    from .model import load_model
+
+    return resolve_engine(load_model(model, device=device), engine, cache_dir)

@@ -1,0 +1,90 @@
+"""Streamed batch prediction: rows written as they are done, --resume after a crash, bounded blocks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import postergenre.predict as P
+from conftest import make_poster
+from test_cli import run
+
+N = 7
+
+
+@pytest.fixture(scope="module")
+def many(tmp_path_factory):
+    root = tmp_path_factory.mktemp("many")
+    rng = np.random.default_rng(3)
+    for i in range(N):
+        make_poster(rng, {"Action"} if i % 2 else {"Drama"}).save(root / f"p{i}.jpg")
+    (root / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short")
+    return root
+
+
+def rows_of(path):
+    if path.suffix == ".csv":
+        return list(csv.DictReader(path.open()))
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_streamed_output_has_every_poster_once(tiny_model, many, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    res = run("predict", many, "--model", tiny_model, "--output", out)
+    assert res.exit_code == 0, res.output
+    rows = rows_of(out)
+    assert sorted(r["path"] for r in rows) == sorted(str(p) for p in many.iterdir())
+    bad = [r for r in rows if r["error"]]
+    assert len(bad) == 1 and "broken.jpg" in bad[0]["path"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_after_a_crash_keeps_rows_and_drops_the_torn_one(tiny_model, many, tmp_path, suffix):
+    full = tmp_path / f"full{suffix}"
+    run("predict", many, "--model", tiny_model, "--output", full)
+    lines = full.read_text().splitlines(keepends=True)
+    kept = 4 if suffix == ".csv" else 3  # csv: header + 3 rows
+    crashed = tmp_path / f"crashed{suffix}"
+    crashed.write_text("".join(lines[:kept]) + lines[kept][:10])  # a row cut mid-way, as a kill leaves it
+    res = run("predict", many, "--model", tiny_model, "--output", crashed, "--resume")
+    assert res.exit_code == 0, res.output
+    assert "3 kept from before" in res.stderr
+    a, b = rows_of(full), rows_of(crashed)
+    assert sorted(r["path"] for r in b) == sorted(r["path"] for r in a)  # each poster exactly once
+    by_path = {r["path"]: r for r in a}
+    assert all(r["predicted"] == by_path[r["path"]]["predicted"] for r in b)
+
+
+def test_resume_refuses_another_models_file(tiny_model, many, tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("path,predicted,error,Western\nx.jpg,Western,,0.9\n")
+    res = run("predict", many, "--model", tiny_model, "--output", out, "--resume")
+    assert res.exit_code == 2 and "cannot resume" in res.stderr
+    assert out.read_text().startswith("path,predicted,error,Western")  # left as it was
+
+
+def test_stream_option_errors(tiny_model, many, tmp_path):
+    res = run("predict", many, "--model", tiny_model, "--resume")
+    assert res.exit_code == 2 and "--resume needs --output" in res.stderr
+    res = run("predict", many, "--model", tiny_model, "--output", tmp_path / "o.csv", "--format", "jsonl")
+    assert res.exit_code == 2 and "does not match" in res.stderr
+
+
+def test_blocks_bound_the_work_in_flight(tiny_model, many, monkeypatch):
+    """With blocks of 2 paths the results are the same, in the same order, as one block."""
+    from postergenre.model import load_model
+
+    m = load_model(tiny_model)
+    one = list(P.predict_paths(m, [many]))
+    monkeypatch.setattr(P, "BLOCK", 2)
+    seen = []
+    real = P.make_loader
+    monkeypatch.setattr(P, "make_loader", lambda paths, *a, **k: seen.append(len(paths)) or real(paths, *a, **k))
+    two = list(P.predict_paths(m, [many]))
+    assert max(seen) == 2 and sum(seen) == N + 1
+    assert [r["path"] for r in two] == [r["path"] for r in one]
+    assert [r["predicted"] for r in two] == [r["predicted"] for r in one]
