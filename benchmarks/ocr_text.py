@@ -5,7 +5,8 @@ Phase ``ocr`` reads the text of a seeded random subset of the non-test posters i
 ``measure`` trains the same head on image features alone and on image + text-embedding features
 for that subset and writes both rows to ``benchmarks/results/ocr_text.json``.
 
-Why a subset: OCR costs about 0.6 s per poster on 2 cores (an hour for the dataset).
+Why a subset: OCR costs about 0.6 s per poster on 2 cores (an hour for the dataset); the
+phase ``ocr`` can be stopped at any point and ``measure`` uses the posters read so far.
 
     python benchmarks/ocr_text.py ocr --data ../shared/datasets/movie-posters --n 2000
     python benchmarks/ocr_text.py measure --data ../shared/datasets/movie-posters --n 2000
@@ -64,7 +65,8 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
     from postergenre.backbones import build_backbone, get_spec
     from postergenre.features import extract_features
     from postergenre.images import Preprocess
-    from postergenre.train import fit_head_arrays
+    from postergenre.model import HEADS
+    from postergenre.train import Recipe, fit_head
 
     rows = {json.loads(l)["id"]: json.loads(l) for l in cache.read_text().splitlines() if l.strip()}
     idx = np.array([i for i in idx if ds.ids[i] in rows])
@@ -84,8 +86,8 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
     result = {"n_posters": len(sub), "n_train": len(tr), "n_val": len(va), "ocr_seconds_per_poster": ocr_s,
               "embed_seconds_per_poster": embed_s, "posters_with_text": int(sum(bool(s.strip()) for s in texts)), "rows": []}
     for name, X in [("image", img_feats), ("text", text_feats), ("image+text", np.concatenate([img_feats, text_feats], 1))]:
-        torch.manual_seed(0)
-        scores = fit_head_arrays(X[tr], y[tr], X[va], y[va])
+        head = HEADS["mlp"](X.shape[1], y.shape[1], 512, 0.7)
+        scores = fit_head(head, X, y, tr, va, Recipe(seed=0))
         result["rows"].append({"features": name, "micro_recall_at_3": M.micro_recall_at_k(y[va], scores, 3),
                                "mAP": M.macro_average_precision(y[va], scores)})
         print(result["rows"][-1], flush=True)
