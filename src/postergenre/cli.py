@@ -129,6 +129,8 @@ def train(
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Feature cache (default ~/.cache/postergenre)."),
     skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out posters whose image is missing or unreadable."),
     limit: Optional[int] = typer.Option(None, "--limit", min=2, help="Use only the first N posters (quick trials)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last per-epoch checkpoint."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=0, help="Decoding processes (default: up to 2)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train a model on a dataset in the study's layout and save it to --out."""
@@ -145,9 +147,10 @@ def train(
         size = _parse_size(image_size) if image_size else None
         recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, loss=loss, image_size=size,
-                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, patience=patience, device=device)
+                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, patience=patience, device=device,
+                        workers=workers)
         m = run_train(ds, recipe, out, cache_dir=cache_dir, weights=weights, progress=not quiet,
-                      data_source=str(data or labels))
+                      data_source=str(data or labels), resume=resume)
     except _user_errors() as exc:
         _fail(exc)
     vm = m.config["validation_metrics"]

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import metrics as M
 from .backbones import build_backbone, get_spec
+from .checkpoint import Checkpoints
 from .data import PosterDataset, split_indices
 from .decision import DecisionRule, tune_thresholds
 from .features import extract_features, make_loader
@@ -168,6 +169,7 @@ def train(
     split: tuple[np.ndarray, np.ndarray] | None = None,
     data_source: str = "",
     monitor: tuple[str, PosterDataset] | None = None,
+    resume: bool = False,
 ) -> PosterGenreModel:
     """Train on ``dataset`` with ``recipe`` and save the model to ``out_dir``.
 
@@ -176,6 +178,10 @@ def train(
     final, into ``test_metrics.json`` and the model card.
     ``monitor=(name, other_dataset)`` logs that set's loss per epoch as ``<name>_loss`` in the
     history (for the study's loss curves); it never influences training or model selection.
+
+    Every epoch is checkpointed (atomically) next to ``out_dir`` in ``.<name>.checkpoints/``;
+    ``resume=True`` continues from the newest one (the feature cache, filled incrementally,
+    spares the extraction too). The checkpoints are removed once the model is saved.
     """
     r = recipe.resolved()
     gen = _seed_everything(r.seed)
@@ -194,6 +200,11 @@ def train(
     model = PosterGenreModel(backbone, head, config)
     history = History()
     t0 = time.time()
+    run_id = json.dumps([asdict(r) | {"device": None, "workers": None}, split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
+                         backbone.weights_id, dataset.genres], sort_keys=True, default=str)
+    ckpt = Checkpoints(checkpoint_dir(out_dir), hashlib.sha256(run_id.encode()).hexdigest()[:16])
+    if not resume:
+        ckpt.clear()
 
     if r.mode == "frozen":
         feats, errors = extract_features(backbone, dataset.paths, pp, cache_dir, device=r.device, progress=progress)
@@ -204,14 +215,14 @@ def train(
         if monitor is not None:
             mfeats, _ = extract_features(backbone, monitor[1].paths, pp, cache_dir, device=r.device, progress=progress)
             watch = (monitor[0], mfeats, monitor[1].labels.astype(np.float32))
-        val_scores = fit_head(model.head, feats, y, train_idx, val_idx, r, history, gen, progress, watch)
+        val_scores = fit_head(model.head, feats, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt)
         test_scores = model.predict_proba_features(feats[test_idx]) if len(test_idx) else None
     else:
         extract_seconds = 0.0
         watch = None
         if monitor is not None:
             watch = (monitor[0], make_loader(monitor[1].paths, pp, r.batch_size, r.workers), monitor[1].labels.astype(np.float32))
-        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch)
+        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt)
         test_scores = (_predict_loader(model, make_loader([dataset.paths[i] for i in test_idx], pp, r.batch_size, r.workers), "cpu")
                        if len(test_idx) else None)
 
@@ -251,7 +262,14 @@ def train(
         model.config["test_metrics_thresholds"] = {k: test_thr[k] for k in M.SUMMARY_KEYS}
         extra_files["test_metrics.json"] = json.dumps(test_metrics, indent=1)
     model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
+    ckpt.clear()
     return model
+
+
+def checkpoint_dir(out_dir: str | Path) -> Path:
+    """Where a training run writing ``out_dir`` keeps its per-epoch checkpoints."""
+    out = Path(out_dir).resolve()
+    return out.parent / f".{out.name}.checkpoints"
 
 
 def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -260,10 +278,11 @@ def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_idx, r: Recipe,
              history: History | None = None, gen: torch.Generator | None = None, progress: bool = False,
-             watch=None) -> np.ndarray:
+             watch=None, ckpt: Checkpoints | None = None) -> np.ndarray:
     """Frozen mode: train ``head`` in place on features ``(N, D)`` with labels ``(N, G)``.
 
     Keeps the epoch with the best validation mAP and returns its validation scores ``(len(val_idx), G)``.
+    With ``ckpt``, every epoch is checkpointed and training continues from the newest checkpoint.
     """
     from tqdm.auto import tqdm
 
@@ -285,7 +304,8 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
     opt = torch.optim.AdamW(head.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r.epochs)
     keeper = BestEpoch(r.patience)
-    bar = tqdm(range(1, r.epochs + 1), desc="epochs", unit="ep", disable=not progress)
+    start, stopped = ckpt.restore(head, opt, sched, gen, keeper, history) if ckpt else (0, False)
+    bar = tqdm(range(start + 1, r.epochs + 1) if not stopped else [], desc="epochs", unit="ep", disable=not progress)
     for epoch in bar:
         t = time.time()
         head.train()
@@ -310,7 +330,10 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
                 extra[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
         row = history.log(epoch, losses, val_loss, y[val_idx], scores, t, extra)
         bar.set_postfix(val_mAP=f"{row['val_mAP']:.3f}", val_r3=f"{row['val_micro_recall_at_3']:.3f}")
-        if keeper.update(row, scores, head):
+        stop = keeper.update(row, scores, head)
+        if ckpt:
+            ckpt.save(epoch, head, opt, sched, gen, keeper, history, stop)
+        if stop:
             break
     head.load_state_dict(keeper.state)
     head.cpu()
@@ -340,7 +363,8 @@ def _predict_loader(model, loader, device) -> np.ndarray:
     return torch.cat(out).numpy()
 
 
-def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None) -> np.ndarray:
+def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None,
+                    ckpt: Checkpoints | None = None) -> np.ndarray:
     """Finetune mode: the study's recipe on decoded images. Returns the best epoch's val scores."""
     from tqdm.auto import tqdm
 
@@ -352,7 +376,8 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
     val_loader = make_loader([paths[i] for i in val_idx], pp, r.batch_size, r.workers)
     yv = y[val_idx]
     keeper = BestEpoch(r.patience)
-    for epoch in range(1, r.epochs + 1):
+    start, stopped = ckpt.restore(model, opt, None, gen, keeper, history) if ckpt else (0, False)
+    for epoch in range(start + 1, r.epochs + 1) if not stopped else []:
         t = time.time()
         model.train()
         order = torch.randperm(len(train_idx), generator=gen).numpy()
@@ -380,7 +405,10 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
         if watch is not None:
             extra[f"{watch[0]}_loss"] = _loss_of_scores(_predict_loader(model, watch[1], r.device), watch[2])
         row = history.log(epoch, losses, val_loss, yv, scores, t, extra)
-        if keeper.update(row, scores, model):
+        stop = keeper.update(row, scores, model)
+        if ckpt:
+            ckpt.save(epoch, model, opt, None, gen, keeper, history, stop)
+        if stop:
             break
     model.load_state_dict(keeper.state)
     model.cpu()
