@@ -306,3 +306,21 @@ def test_default_model_on_new_posters():
     assert len(table) == 3
     for genres in table.values():
         assert len(genres) == 3 and len(set(genres)) == 3
+
+
+def test_train_refuses_a_bad_dataset_before_any_long_work(tmp_path, cache_dir):
+    from conftest import write_dataset
+
+    root = write_dataset(tmp_path / "data", n=12, quirks=False)
+    (root / "Images" / "tt0000003.jpg").write_bytes((root / "Images" / "tt0000003.jpg").read_bytes()[:200])  # truncated
+    (root / "Images" / "tt0000005.jpg").unlink()
+    res = run("train", "--data", root, "--out", tmp_path / "m", "--backbone", "pixels", "--cache-dir", cache_dir, "-q")
+    assert res.exit_code == 2
+    assert "tt0000003: unreadable image" in res.stderr and "tt0000005: image file missing" in res.stderr
+    assert "--skip-bad" in res.stderr
+    assert not (tmp_path / "m").exists() and not list(Path(cache_dir).glob("pixels-*/*tt00000*"))
+    res = run("train", "--data", root, "--out", tmp_path / "m", "--backbone", "pixels", "--epochs", "2",
+              "--cache-dir", cache_dir, "--skip-bad", "-q")
+    assert res.exit_code == 0, res.output
+    assert "skipped 2 poster(s)" in res.stderr and "tt0000003" in res.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["data"]["n_posters"] == 10

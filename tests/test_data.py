@@ -212,3 +212,11 @@ def test_split_rejects_bad_fraction(split_labels):
         split_indices(split_labels, 1.0, 0)
 
 
+
+
+def test_unknown_extra_column_is_named(tmp_path):
+    # A column that is not a genre (here a year) is not silently taken as one: its row and column are named.
+    root = make_layout(tmp_path, "Id,Action,Drama,Year\ntt1,1,0,1999\n", ["tt1"])
+    with pytest.raises(DatasetError) as info:
+        load_dataset(root)
+    assert "row 2" in str(info.value) and "'Year'" in str(info.value) and "'1999'" in str(info.value)

@@ -189,3 +189,13 @@ def test_atomic_save_when_card_write_fails(loaded, tmp_path):
         loaded.save(out, card=object())  # fails after weights and config are written
     assert listing(out) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+@pytest.mark.parametrize("name", [WEIGHTS_FILE, CONFIG_FILE])
+def test_files_pointing_outside_the_directory_are_refused(model_copy, tmp_path, name):
+    outside = tmp_path / f"elsewhere-{name}"
+    outside.write_bytes((model_copy / name).read_bytes())
+    (model_copy / name).unlink()
+    (model_copy / name).symlink_to(outside)
+    with pytest.raises(ModelError, match=f"point outside it \\({name}\\)"):
+        load_model(model_copy)

@@ -139,9 +139,11 @@ def train(
     from .train import train as run_train
 
     try:
-        ds, report = load_dataset(data, labels, images, skip_bad=skip_bad)
+        # Every image is decoded (cheaply) before any long work, so a bad one stops the run now, not after extraction.
+        ds, report = load_dataset(data, labels, images, skip_bad=skip_bad, verify_images=True)
         if report.skipped:
-            typer.secho(f"skipped {len(report.skipped)} poster(s): " + "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5]), fg=typer.colors.YELLOW, err=True)
+            typer.secho(f"skipped {len(report.skipped)} poster(s): " + "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5])
+                        + (", ..." if len(report.skipped) > 5 else ""), fg=typer.colors.YELLOW, err=True)
         if limit:
             ds = ds.subset(range(min(limit, len(ds))))
         size = _parse_size(image_size) if image_size else None

@@ -233,6 +233,11 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
     from safetensors.torch import load_file
 
     model_dir = resolve_model_path(model_dir)
+    if model_dir.is_dir():
+        outside = sorted(p.name for p in model_dir.iterdir()
+                         if p.is_symlink() and not p.resolve().is_relative_to(model_dir.resolve()))
+        if outside:
+            raise ModelError(f"{model_dir}: refusing a model directory whose files point outside it ({', '.join(outside)})")
     cfg = read_config(model_dir)
     unsafe = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in _UNSAFE_SUFFIXES)
     if unsafe:
