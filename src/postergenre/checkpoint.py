@@ -29,8 +29,9 @@ _EPOCH_DIR = re.compile(r"^epoch-(\d{4,})$")
 
 
 class Checkpoints:
-    def __init__(self, root: str | Path, fingerprint: str):
-        self.root, self.fingerprint = Path(root), fingerprint
+    def __init__(self, root: str | Path, fingerprint: str, writer: bool = True):
+        # Under torchrun every rank restores, only rank 0 (the writer) saves and clears.
+        self.root, self.fingerprint, self.writer = Path(root), fingerprint, writer
 
     def _dirs(self) -> list[tuple[int, Path]]:
         if not self.root.is_dir():
@@ -41,6 +42,8 @@ class Checkpoints:
     def save(self, epoch: int, module, opt, sched, gen: torch.Generator, keeper, history, stopped: bool) -> None:
         from safetensors.torch import save_file
 
+        if not self.writer:
+            return
         from .model import atomic_directory
 
         tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -112,7 +115,7 @@ class Checkpoints:
         return state["epoch"], state["stopped"]
 
     def clear(self) -> None:
-        if self.root.exists():
+        if self.writer and self.root.exists():
             _remove(self.root)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -62,14 +63,29 @@ def predict(
     device: str = typer.Option("cpu", "--device"),
     engine: str = typer.Option("auto", "--engine", help="auto (ONNX Runtime on CPU, exported once into the cache), torch or onnx."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input fails (default: only if all fail)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="I/N: only this worker's share of the files (positions I, I+N, ...); "
+                                        "with --output FILE, writes FILE's shard file (join them with `postergenre merge FILE`). "
+                                        "Under torchrun: RANK/WORLD_SIZE, merged by rank 0."),
 ):
     """Print (or write) the genres of each poster."""
-    from .formats import PREDICTION_FORMATS, STREAM_SUFFIXES, ResultStream
+    from . import distributed
+    from .formats import PREDICTION_FORMATS, STREAM_SUFFIXES, ResultStream, merge_shards, shard_path
     from .onnx_engine import load_for_inference
     from .predict import predict_paths
 
+    final_output = output
     stream_kind = STREAM_SUFFIXES.get(output.suffix.lower()) if output else None
+    dist = distributed.SINGLE
     try:
+        if shard is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            dist = distributed.setup("cpu")
+            shard_ix = (dist.rank, dist.world_size)
+        else:
+            shard_ix = distributed.parse_shard(shard) if shard else None
+        if shard_ix and output:
+            if not stream_kind:
+                raise ValueError("--shard with --output needs a .csv or .jsonl file (shards are merged row by row)")
+            output = shard_path(output, *shard_ix)
         fmt = fmt or stream_kind or "table"
         if fmt not in PREDICTION_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose {', '.join(PREDICTION_FORMATS)}")
@@ -82,21 +98,28 @@ def predict(
         if stream_kind:
             with ResultStream(output, m.genres, resume=resume) as out:
                 n_done, failed, total = len(out.done), 0, 0
-                for r in predict_paths(m, paths, rule, batch_size=batch_size, workers=workers, skip=out.done):
+                for r in predict_paths(m, paths, rule, batch_size=batch_size, workers=workers, skip=out.done, shard=shard_ix):
                     out.write(r)
                     failed += r["error"] is not None
                     total += 1
             typer.secho(f"wrote {output}: {total} poster(s)" + (f", {n_done} kept from before" if resume else ""), err=True)
-            if total == 0 and n_done == 0:
+            if total == 0 and n_done == 0 and not shard_ix:
                 _fail(ValueError("no image files found in the given paths"))
+        if dist.enabled and final_output:  # torchrun: every rank's shard is written; rank 0 joins them
+            dist.barrier()
+            if dist.is_main:
+                merged, n_rows = merge_shards(final_output)
+                typer.secho(f"merged {dist.world_size} shards into {merged}: {n_rows} poster(s)", err=True)
         else:
-            results = list(predict_paths(m, paths, rule, batch_size=batch_size, workers=workers))
-            if not results:
+            results = list(predict_paths(m, paths, rule, batch_size=batch_size, workers=workers, shard=shard_ix))
+            if not results and not shard_ix:
                 _fail(ValueError("no image files found in the given paths"))
             _emit(PREDICTION_FORMATS[fmt](results), output)
             failed, total = sum(r["error"] is not None for r in results), len(results)
     except _user_errors() as exc:
         _fail(exc)
+    finally:
+        distributed.teardown()
     if failed:
         typer.secho(f"{failed} of {total} input(s) could not be read", fg=typer.colors.YELLOW, err=True)
     if (total and failed == total) or (strict and failed):
@@ -155,6 +178,12 @@ def train(
                       data_source=str(data or labels), resume=resume)
     except _user_errors() as exc:
         _fail(exc)
+    finally:
+        from .distributed import teardown
+
+        teardown()
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (and wrote the model)
+        return
     vm = m.config["validation_metrics"]
     typer.echo(f"saved {out}  ({m.config['training_seconds']} s)")
     for part, key in (("validation", "validation_metrics"), ("test", "test_metrics")):
@@ -255,6 +284,21 @@ def compare(
     except _user_errors() as exc:
         _fail(exc)
     typer.echo((Path(out) / "results.md").read_text())
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., help="The merged file to write (FILE.csv or FILE.jsonl); its shards are FILE.shard-I-of-N.*"),
+    keep: bool = typer.Option(False, "--keep", help="Keep the shard files after merging."),
+):
+    """Join the outputs of `predict --shard I/N --output FILE` (all N shards) into FILE."""
+    from .formats import merge_shards
+
+    try:
+        path, n = merge_shards(output, remove=not keep)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(f"wrote {path}: {n} poster(s)")
 
 
 @app.command()

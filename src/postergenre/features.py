@@ -64,14 +64,34 @@ def _collate(items):
     return idx, batch, errors
 
 
-def make_loader(paths, preprocess: Preprocess, batch_size: int, workers: int | None = None, flip: bool = False) -> DataLoader:
-    """Batches of ``(indices, tensor (B,3,H,W) or None, {index: error})`` in input order."""
+def make_loader(paths, preprocess: Preprocess, batch_size: int, workers: int | None = None, flip: bool = False,
+                sampler=None) -> DataLoader:
+    """Batches of ``(indices, tensor (B,3,H,W) or None, {index: error})`` in input order
+    (or in ``sampler``'s order, e.g. a DistributedSampler's share); indices refer to ``paths``."""
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if len(paths) > batch_size else 0
     return DataLoader(
         _Files(paths, preprocess, flip), batch_size=batch_size, shuffle=False, num_workers=workers,
-        collate_fn=_collate, persistent_workers=False,
+        collate_fn=_collate, persistent_workers=False, sampler=sampler,
     )
+
+
+def extract_features_sharded(backbone: LoadedBackbone, paths: Sequence[str | Path], preprocess: Preprocess, dist,
+                             cache_dir=None, device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, dict[int, str]]:
+    """:func:`extract_features` with the posters split across the ranks of ``dist`` (a
+    :class:`~postergenre.distributed.Dist`) and the results gathered, so every rank gets them all."""
+    if not dist.enabled:
+        return extract_features(backbone, paths, preprocess, cache_dir, device=device, progress=progress)
+    paths = list(paths)
+    mine = np.arange(len(paths))[dist.rank::dist.world_size]
+    feats, errors = extract_features(backbone, [paths[i] for i in mine], preprocess, cache_dir, device=device,
+                                     progress=progress and dist.is_main)
+    out = np.zeros((len(paths), backbone.feature_dim), dtype=np.float32)
+    all_errors: dict[int, str] = {}
+    for idx, f, errs in dist.all_gather((mine, feats, {int(mine[k]): v for k, v in errors.items()})):
+        out[idx] = f
+        all_errors.update(errs)
+    return out, all_errors
 
 
 class FeatureCache:

@@ -143,3 +143,55 @@ METRICS_FORMATS: dict[str, Callable[[dict], str]] = {
     "table": metrics_table,
     "json": lambda m: json.dumps(m, indent=2),
 }
+
+
+def shard_path(path: str | Path, i: int, n: int) -> Path:
+    """``genres.csv`` -> ``genres.shard-1-of-4.csv``: where shard ``i`` of ``n`` writes."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
+
+
+def merge_shards(path: str | Path, remove: bool = True) -> tuple[Path, int]:
+    """Merge ``<stem>.shard-I-of-N<suffix>`` files (all N of them) into ``path``, rows sorted by
+    poster path, written atomically; returns (path, rows). Missing shards are an error."""
+    import re
+
+    from .model import atomic_file
+
+    path = Path(path)
+    kind = STREAM_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: can merge only {' or '.join(STREAM_SUFFIXES)} outputs")
+    pattern = re.compile(re.escape(path.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(path.suffix) + "$")
+    found = {}
+    for f in path.parent.glob(f"{path.stem}.shard-*{path.suffix}"):
+        if m := pattern.match(f.name):
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = f
+    if len(found) != 1:
+        raise ValueError(f"{path}: expected the shards of one run next to it, found {sum(map(len, found.values()))} "
+                         f"file(s) for {sorted(found) or 'no'} shard count(s)")
+    (n, shards), = found.items()
+    missing = sorted(set(range(n)) - set(shards))
+    if missing:
+        raise ValueError(f"{path}: shard(s) {', '.join(map(str, missing))} of {n} are missing")
+    header, rows = None, []
+    for i in range(n):
+        text = shards[i].read_text(encoding="utf-8")
+        if not text.endswith("\n") and text:
+            raise ValueError(f"{shards[i]}: its last row is cut (the shard did not finish); rerun it with --resume")
+        lines = text.splitlines()
+        if kind == "csv":
+            if header is not None and lines[:1] != [header]:
+                raise ValueError(f"{shards[i]}: its header differs from shard 0's (another model?)")
+            header, lines = lines[0], lines[1:]
+        rows += lines
+    if kind == "csv":
+        parsed = list(csv.reader(io.StringIO("\n".join(rows))))
+        order = sorted(range(len(rows)), key=lambda k: parsed[k][0])
+    else:
+        order = sorted(range(len(rows)), key=lambda k: json.loads(rows[k])["path"])
+    atomic_file(path, "".join(f"{line}\n" for line in ([header] if header else []) + [rows[k] for k in order]))
+    if remove:
+        for f in shards.values():
+            f.unlink()
+    return path, len(rows)

@@ -56,16 +56,22 @@ def predict_paths(
     batch_size: int = 32,
     workers: int | None = None,
     skip: set[str] | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> Iterator[dict]:
     """Predict every image under ``inputs``; yields one result dict per file, in order.
 
     ``model``: a :class:`PosterGenreModel` or an :class:`~postergenre.onnx_engine.OnnxModel`.
     The file list is streamed in blocks of :data:`BLOCK` (decoded in parallel by loader
     workers), so memory does not grow with the number of inputs. Paths in ``skip`` are left out.
+    ``shard=(i, n)``: only the files at positions i, i + n, ... of the sorted walk, so n workers
+    split a catalogue without overlap.
     """
     decision = decision or model.decision
     genres = model.genres
-    paths_iter = (str(p) for p in iter_image_paths(inputs) if not skip or str(p) not in skip)
+    walk = iter_image_paths(inputs)
+    if shard is not None:
+        walk = itertools.islice(walk, shard[0], None, shard[1])
+    paths_iter = (str(p) for p in walk if not skip or str(p) not in skip)
     while block := list(itertools.islice(paths_iter, BLOCK)):
         for idx, batch, errors in make_loader(block, model.preprocess, batch_size, workers):
             scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))

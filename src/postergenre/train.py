@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +27,9 @@ from .backbones import build_backbone, get_spec
 from .checkpoint import Checkpoints
 from .data import PosterDataset, split_indices
 from .decision import DecisionRule, tune_thresholds
-from .features import extract_features, make_loader
+from .distributed import SINGLE, Dist
+from .distributed import setup as setup_distributed
+from .features import extract_features, extract_features_sharded, make_loader
 from .images import Preprocess
 from .losses import LOSSES, build_loss
 from .model import HEADS, PosterGenreModel, new_config
@@ -184,7 +185,10 @@ def train(
     spares the extraction too). The checkpoints are removed once the model is saved.
     """
     r = recipe.resolved()
-    gen = _seed_everything(r.seed)
+    dist = setup_distributed(r.device)  # under torchrun: join the group; else single process, unchanged
+    if dist.enabled and r.device.startswith("cuda"):
+        r.device = f"cuda:{dist.local_rank}"
+    gen = _seed_everything(r.seed)  # the same seed on every rank: same split, same batch order
     if split is not None:
         train_idx, val_idx, test_idx = np.asarray(split[0]), np.asarray(split[1]), np.zeros(0, dtype=int)
     else:
@@ -202,12 +206,14 @@ def train(
     t0 = time.time()
     run_id = json.dumps([asdict(r) | {"device": None, "workers": None}, split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
                          backbone.weights_id, dataset.genres], sort_keys=True, default=str)
-    ckpt = Checkpoints(checkpoint_dir(out_dir), hashlib.sha256(run_id.encode()).hexdigest()[:16])
+    ckpt = Checkpoints(checkpoint_dir(out_dir), hashlib.sha256(run_id.encode()).hexdigest()[:16], writer=dist.is_main)
     if not resume:
         ckpt.clear()
+    dist.barrier()
+    progress = progress and dist.is_main
 
     if r.mode == "frozen":
-        feats, errors = extract_features(backbone, dataset.paths, pp, cache_dir, device=r.device, progress=progress)
+        feats, errors = extract_features_sharded(backbone, dataset.paths, pp, dist, cache_dir, device=r.device, progress=progress)
         if errors:
             raise ValueError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
         extract_seconds = time.time() - t0
@@ -222,7 +228,7 @@ def train(
         watch = None
         if monitor is not None:
             watch = (monitor[0], make_loader(monitor[1].paths, pp, r.batch_size, r.workers), monitor[1].labels.astype(np.float32))
-        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt)
+        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt, dist)
         test_scores = (_predict_loader(model, make_loader([dataset.paths[i] for i in test_idx], pp, r.batch_size, r.workers), "cpu")
                        if len(test_idx) else None)
 
@@ -261,8 +267,10 @@ def train(
         model.config["test_metrics"] = {k: test_metrics[k] for k in M.SUMMARY_KEYS}
         model.config["test_metrics_thresholds"] = {k: test_thr[k] for k in M.SUMMARY_KEYS}
         extra_files["test_metrics.json"] = json.dumps(test_metrics, indent=1)
-    model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
-    ckpt.clear()
+    if dist.is_main:
+        model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
+        ckpt.clear()
+    dist.barrier()
     return model
 
 
@@ -344,9 +352,9 @@ def _loss_of_scores(scores: np.ndarray, y: np.ndarray) -> float:
     return float(nn.functional.binary_cross_entropy(torch.as_tensor(scores).clamp(1e-7, 1 - 1e-7), torch.as_tensor(y)))
 
 
-def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Random horizontal flip per poster (titles read mirrored, but layout cues survive)."""
-    flip = torch.rand(len(x), generator=gen) < 0.5
+def _augment(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Horizontal flip of the posters where ``flip`` (bool, one per poster) is set (titles read
+    mirrored, but layout cues survive)."""
     x = x.clone()
     x[flip] = x[flip].flip(-1)
     return x
@@ -364,13 +372,25 @@ def _predict_loader(model, loader, device) -> np.ndarray:
 
 
 def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None,
-                    ckpt: Checkpoints | None = None) -> np.ndarray:
-    """Finetune mode: the study's recipe on decoded images. Returns the best epoch's val scores."""
+                    ckpt: Checkpoints | None = None, dist: Dist = SINGLE) -> np.ndarray:
+    """Finetune mode: the study's recipe on decoded images. Returns the best epoch's val scores.
+
+    Under torchrun: DistributedDataParallel. Every rank draws the same global batch order; a
+    DistributedSampler gives rank ``k`` positions ``k, k + W, ...`` of it with batches of
+    ``batch_size / W``, so each global batch is the single-process batch split across ranks and
+    the averaged gradient is the same.
+    """
     from tqdm.auto import tqdm
 
     model.to(r.device)
     pp = model.preprocess
     paths = dataset.paths
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[dist.local_rank] if r.device.startswith("cuda") else None)
+    per_rank_batch = max(1, r.batch_size // dist.world_size)
     opt = torch.optim.Adam(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     criterion = build_loss(r.loss, y[train_idx]).to(r.device)
     val_loader = make_loader([paths[i] for i in val_idx], pp, r.batch_size, r.workers)
@@ -382,23 +402,34 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
         model.train()
         order = torch.randperm(len(train_idx), generator=gen).numpy()
         ep_idx = [int(train_idx[i]) for i in order]
-        loader = make_loader([paths[i] for i in ep_idx], pp, r.batch_size, r.workers)
+        # Drawn for the whole epoch on every rank: the same poster gets the same flip whatever the rank count.
+        flips = torch.rand(len(ep_idx), generator=gen) < 0.5
+        sampler = None
+        if dist.enabled:
+            from torch.utils.data.distributed import DistributedSampler
+
+            sampler = DistributedSampler(range(len(ep_idx)), num_replicas=dist.world_size, rank=dist.rank, shuffle=False)
+        loader = make_loader([paths[i] for i in ep_idx], pp, per_rank_batch, r.workers, sampler=sampler)
         losses = []
         bar = tqdm(loader, desc=f"epoch {epoch}/{r.epochs}", unit="batch", disable=not progress,
-                   total=math.ceil(len(ep_idx) / r.batch_size))
+                   total=len(loader))
         for idx, batch, errs in bar:
             if errs:
                 raise ValueError(f"unreadable image: {next(iter(errs.values()))}")
             target = torch.as_tensor(y[[ep_idx[i] for i in idx]], device=r.device)
-            x = _augment(batch, gen).to(r.device).contiguous(memory_format=torch.channels_last)
+            x = _augment(batch, flips[idx]).to(r.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=r.device.startswith("cuda")):
-                logits = model(x)
+                logits = net(x)
             loss = criterion(logits.float(), target)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            logged = loss.detach()
+            if dist.enabled:  # the global batch's loss, not this rank's share of it
+                torch.distributed.all_reduce(logged)
+                logged = logged / dist.world_size
+            losses.append(logged.item())
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
         scores = _predict_loader(model, val_loader, r.device)
         val_loss = _loss_of_scores(scores, yv)
         extra = {}
