@@ -36,6 +36,7 @@ def test_streamed_output_has_every_poster_once(tiny_model, many, tmp_path, suffi
     out = tmp_path / f"out{suffix}"
     res = run("predict", many, "--model", tiny_model, "--output", out)
     assert res.exit_code == 0, res.output
+    assert res.stderr.count("wrote ") == 1  # streamed once, not also collected and rewritten
     rows = rows_of(out)
     assert sorted(r["path"] for r in rows) == sorted(str(p) for p in many.iterdir())
     bad = [r for r in rows if r["error"]]

@@ -105,11 +105,11 @@ def predict(
             typer.secho(f"wrote {output}: {total} poster(s)" + (f", {n_done} kept from before" if resume else ""), err=True)
             if total == 0 and n_done == 0 and not shard_ix:
                 _fail(ValueError("no image files found in the given paths"))
-        if dist.enabled and final_output:  # torchrun: every rank's shard is written; rank 0 joins them
-            dist.barrier()
-            if dist.is_main:
-                merged, n_rows = merge_shards(final_output)
-                typer.secho(f"merged {dist.world_size} shards into {merged}: {n_rows} poster(s)", err=True)
+            if dist.enabled:  # torchrun: every rank's shard is written; rank 0 joins them
+                dist.barrier()
+                if dist.is_main:
+                    merged, n_rows = merge_shards(final_output)
+                    typer.secho(f"merged {dist.world_size} shards into {merged}: {n_rows} poster(s)", err=True)
         else:
             results = list(predict_paths(m, paths, rule, batch_size=batch_size, workers=workers, shard=shard_ix))
             if not results and not shard_ix:
