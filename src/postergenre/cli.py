@@ -184,7 +184,6 @@ def train(
         teardown()
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports (and wrote the model)
         return
-    vm = m.config["validation_metrics"]
     typer.echo(f"saved {out}  ({m.config['training_seconds']} s)")
     for part, key in (("validation", "validation_metrics"), ("test", "test_metrics")):
         if key in m.config:
@@ -275,11 +274,11 @@ def compare(
                             batch_size=batch_size, image_size=_parse_size(image_size) if image_size else None,
                             test_fraction=test_fraction, seed=seed, weights=named, allow_random_init=allow_random_init)
         if new_posters is None:
-            shipped = Path(__file__).resolve().parents[2] / "examples"
+            shipped = Path(__file__).resolve().parent / "samples"  # shipped with the package
             shared = Path("../shared/datasets/new-posters")
             new_posters = shared if shared.is_dir() else shipped if shipped.is_dir() else None
         posters = list(iter_image_paths([new_posters])) if new_posters else []
-        rows = run_compare(ds, cfg, out, cache_dir=cache_dir, resume=resume, progress=not quiet, new_posters=posters,
+        run_compare(ds, cfg, out, cache_dir=cache_dir, resume=resume, progress=not quiet, new_posters=posters,
                            log=lambda msg: typer.secho(msg, err=True))
     except _user_errors() as exc:
         _fail(exc)

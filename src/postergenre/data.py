@@ -90,7 +90,7 @@ class DatasetReport:
             f"labels: {self.labels_csv} ({self.n_rows} rows)",
             f"images: {self.images_dir} ({self.n_images} image files)",
             f"usable labelled posters: {self.n_posters}",
-            f"genres per poster: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.genres_per_poster.items())),
+            "genres per poster: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.genres_per_poster.items())),
             "posters per genre:",
         ]
         width = max((len(g) for g in self.genre_counts), default=5)

@@ -66,17 +66,11 @@ HEADS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
 }
 
 
-class PosterGenreModel(nn.Module):
-    """Backbone + head. ``forward`` maps images ``(B, 3, H, W)`` to logits ``(B, G)``."""
+class ConfigAccessors:
+    """What every scorer (PyTorch model, ONNX Runtime model) reads from its ``config`` dict."""
 
-    def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: dict):
-        super().__init__()
-        self.backbone_info = backbone
-        self.backbone = backbone.module
-        self.head = head
-        self.config = config
+    config: dict
 
-    # --- plain accessors -----------------------------------------------------------------
     @property
     def genres(self) -> list[str]:
         return list(self.config["genres"])
@@ -89,14 +83,25 @@ class PosterGenreModel(nn.Module):
     def decision(self) -> DecisionRule:
         return DecisionRule(**self.config["decision"])
 
-    @property
-    def name(self) -> str:
-        return self.config.get("name", self.config["backbone"]["name"])
-
     def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
         """The model's rule, with ``kind``/``k`` overridden where given."""
         d = self.config["decision"]
         return DecisionRule(kind or d["kind"], k or d["k"], d.get("thresholds"))
+
+
+class PosterGenreModel(nn.Module, ConfigAccessors):
+    """Backbone + head. ``forward`` maps images ``(B, 3, H, W)`` to logits ``(B, G)``."""
+
+    def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: dict):
+        super().__init__()
+        self.backbone_info = backbone
+        self.backbone = backbone.module
+        self.head = head
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.get("name", self.config["backbone"]["name"])
 
     # --- inference -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:

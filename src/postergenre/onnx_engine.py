@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .images import Preprocess, load_rgb
-from .model import PosterGenreModel
+from .images import load_rgb
+from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4
 OPSET = 17
@@ -104,7 +104,7 @@ def export_onnx(model: PosterGenreModel, out: str | Path, check_images: Sequence
     return {"path": str(out), "max_abs_diff": diff, "n_checked": len(paths)}
 
 
-class OnnxModel:
+class OnnxModel(ConfigAccessors):
     """Scores posters with ONNX Runtime. Same accessors as :class:`PosterGenreModel` for
     prediction (``genres``, ``preprocess``, ``decision``, ``decision_rule``, ``predict_proba_tensor``)."""
 
@@ -127,28 +127,8 @@ class OnnxModel:
         self.config.setdefault("mode", "onnx")
 
     @property
-    def genres(self) -> list[str]:
-        return list(self.config["genres"])
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.config["preprocess"])
-
-    @property
     def name(self) -> str:
         return self.config.get("name", self.path.stem)
-
-    @property
-    def decision(self):
-        from .decision import DecisionRule
-
-        return DecisionRule(**self.config["decision"])
-
-    def decision_rule(self, kind: str | None = None, k: int | None = None):
-        from .decision import DecisionRule
-
-        d = self.config["decision"]
-        return DecisionRule(kind or d["kind"], k or d["k"], d.get("thresholds"))
 
     def predict_proba_tensor(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)``."""
