@@ -146,3 +146,22 @@ def test_weights_file_with_wrong_keys_or_not_a_state_dict(tmp_path):
         build_backbone("resnet50", weights=text)
     with pytest.raises(WeightsUnavailable, match="does not exist"):
         build_backbone("resnet50", weights=tmp_path / "missing.pth")
+
+
+def test_concat_backbone_feeds_each_member_its_own_normalisation_and_size():
+    import torch
+
+    from postergenre.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone
+
+    both = build_backbone("efficientnet_lite0_poster+mobilenet_v2")
+    lite = build_backbone("efficientnet_lite0_poster")
+    mnv2 = build_backbone("mobilenet_v2")
+    assert both.feature_dim == lite.feature_dim + mnv2.feature_dim == 2272 + 1280
+    x01 = torch.rand(2, 3, 384, 256)
+    x = (x01 - 0.5) / 0.5  # the first member's (EfficientNet-Lite's) normalisation
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    x_mnv2 = torch.nn.functional.interpolate((x01 - mean) / std, size=(224, 224), mode="bilinear", align_corners=False)
+    with torch.inference_mode():
+        got = both.module(x)
+        torch.testing.assert_close(got[:, :2272], lite.module(x), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[:, 2272:], mnv2.module(x_mnv2), atol=1e-4, rtol=1e-4)
