@@ -46,10 +46,12 @@ def test_health_and_genres(client, tiny_model):
     assert g["genres"] == load_model(tiny_model).genres and g["decision"]["k"] == 3
 
 
-def test_predict_answers_what_the_cli_answers(client, tiny_model, tmp_path):
+def test_predict_answers_what_the_cli_answers(tiny_model, tmp_path):
     path = tmp_path / "poster.jpg"
-    path.write_bytes(jpeg())
-    res = post(client, ("poster.jpg", path.read_bytes(), "image/jpeg"))
+    # Large enough for JPEG draft decoding to kick in: the API must decode exactly as the CLI does.
+    Image.open(sample_posters()[2]).convert("RGB").resize((600, 900)).save(path, quality=90)
+    with TestClient(create_app(str(tiny_model), engine="torch", background_load=False)) as default_caps:
+        res = post(default_caps, ("poster.jpg", path.read_bytes(), "image/jpeg"))
     assert res.status_code == 200, res.text
     [got] = res.json()
     [want] = list(predict_paths(load_model(tiny_model), [path]))

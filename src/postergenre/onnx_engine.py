@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .images import load_rgb
 from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4
@@ -74,7 +73,7 @@ def export_onnx(model: PosterGenreModel, out: str | Path, check_images: Sequence
     paths = list(check_images) if check_images else sample_posters()
     if not paths:
         raise ExportError("no posters to verify the export on")
-    batch = torch.stack([pp(load_rgb(p)) for p in paths])
+    batch = torch.stack([pp.load(p) for p in paths])
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
         with torch.inference_mode():

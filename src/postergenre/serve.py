@@ -159,7 +159,8 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
         for i, (name, data, err) in enumerate(items):
             if err is None:
                 try:
-                    tensors.append(pp(load_rgb(data, name=name, max_pixels=max_pixels)))
+                    # the same decode (JPEG draft mode) as `postergenre predict`, so the scores match it exactly
+                    tensors.append(pp.load(data, name=name, max_pixels=max_pixels))
                     good.append(i)
                     continue
                 except ImageLoadError as exc:
