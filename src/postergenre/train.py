@@ -158,6 +158,21 @@ class BestEpoch:
         self.stale += 1
         return self.stale >= self.patience
 
+    def restore_best(self, module: nn.Module) -> np.ndarray:
+        """Put the best epoch's weights back into ``module`` (on CPU); returns its validation scores."""
+        module.load_state_dict(self.state)
+        module.cpu()
+        return self.scores
+
+
+def _close_epoch(epoch: int, row: dict, scores: np.ndarray, module: nn.Module, opt, sched, gen, keeper: BestEpoch,
+                 history: History, ckpt: Checkpoints | None) -> bool:
+    """End of an epoch in either loop: update the best epoch, checkpoint; True when training should stop."""
+    stop = keeper.update(row, scores, module)
+    if ckpt:
+        ckpt.save(epoch, module, opt, sched, gen, keeper, history, stop)
+    return stop
+
 
 def train(
     dataset: PosterDataset,
@@ -338,14 +353,9 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
                 extra[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
         row = history.log(epoch, losses, val_loss, y[val_idx], scores, t, extra)
         bar.set_postfix(val_mAP=f"{row['val_mAP']:.3f}", val_r3=f"{row['val_micro_recall_at_3']:.3f}")
-        stop = keeper.update(row, scores, head)
-        if ckpt:
-            ckpt.save(epoch, head, opt, sched, gen, keeper, history, stop)
-        if stop:
+        if _close_epoch(epoch, row, scores, head, opt, sched, gen, keeper, history, ckpt):
             break
-    head.load_state_dict(keeper.state)
-    head.cpu()
-    return keeper.scores
+    return keeper.restore_best(head)
 
 
 def _loss_of_scores(scores: np.ndarray, y: np.ndarray) -> float:
@@ -436,14 +446,9 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
         if watch is not None:
             extra[f"{watch[0]}_loss"] = _loss_of_scores(_predict_loader(model, watch[1], r.device), watch[2])
         row = history.log(epoch, losses, val_loss, yv, scores, t, extra)
-        stop = keeper.update(row, scores, model)
-        if ckpt:
-            ckpt.save(epoch, model, opt, None, gen, keeper, history, stop)
-        if stop:
+        if _close_epoch(epoch, row, scores, model, opt, None, gen, keeper, history, ckpt):
             break
-    model.load_state_dict(keeper.state)
-    model.cpu()
-    return keeper.scores
+    return keeper.restore_best(model)
 
 
 def model_card(cfg: dict) -> str:
