@@ -23,7 +23,7 @@ from conftest import NEW_POSTERS, make_poster, needs_shared
 GENRES = ["Action", "Comedy", "Drama", "Horror"]
 LINE = re.compile(r"^(?P<path>.+) -> (?P<genres>[^()]+?)   \((?P<detail>.+)\)$")
 METRIC_KEYS = {"n_posters", "micro_recall_at_3", "precision_at_3", "recall_at_3", "mAP", "micro_f1", "macro_f1",
-               "samples_f1", "hamming_loss", "subset_accuracy", "per_genre"}
+               "samples_f1", "hamming_loss", "subset_accuracy", "ece", "brier", "per_genre"}
 
 
 def run(*args: str):

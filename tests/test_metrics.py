@@ -7,7 +7,9 @@ import pytest
 
 from postergenre.metrics import (
     SUMMARY_KEYS,
+    brier_score,
     evaluate,
+    expected_calibration_error,
     macro_average_precision,
     micro_recall_at_k,
     precision_at_k,
@@ -81,7 +83,7 @@ def test_evaluate_hand_computed():
                           [1, 0, 0, 0]], dtype=bool)
     m = evaluate(y, scores, predicted, genres)
     assert set(m) == {"n_posters", "micro_recall_at_3", "precision_at_3", "recall_at_3", "mAP", "micro_f1",
-                      "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "per_genre"}
+                      "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "ece", "brier", "per_genre"}
     assert set(m) - {"n_posters", "per_genre"} == set(SUMMARY_KEYS)
     assert m["n_posters"] == 3
     assert m["micro_recall_at_3"] == pytest.approx(3 / 4)  # 3 hits / 4 true genres
@@ -98,6 +100,11 @@ def test_evaluate_hand_computed():
     assert m["samples_f1"] == pytest.approx(0.5)
     assert m["hamming_loss"] == pytest.approx(4 / 12)  # 4 wrong cells of 12
     assert m["subset_accuracy"] == pytest.approx(1 / 3)  # only poster 2 exactly right
+    # ECE, 15 bins of width 1/15, |sum of scores - sum of labels| per bin:
+    # .05 {.05:0} | .7 {.1:1, .1:0, .1:0} | .4 {.2:0, .2:1, .2:0} | .4 {.3:0, .3:1} | .4 {.4:0} | .8 {.8:0} | .1 {.9:1}
+    assert m["ece"] == pytest.approx(2.85 / 12)
+    # Brier: (.01 + .64 + .81 + .04) + (.01 + .64 + .09 + .16) + (.49 + .01 + .04 + .0025) over 12 cells
+    assert m["brier"] == pytest.approx(2.9425 / 12)
     pg = m["per_genre"]
     assert list(pg) == genres
     assert all(set(v) == {"AP", "F1", "support"} for v in pg.values())
@@ -122,3 +129,30 @@ def test_evaluate_is_json_serialisable():
 
     m = evaluate(Y2, S2, S2 > 0.5, ["a", "b", "c", "d"])
     assert json.loads(json.dumps(m)) == m
+
+
+def test_expected_calibration_error_hand_computed():
+    # One score per bin: (|.9 - 1| + |.1 - 0| + |.5 - 0| + |.7 - 1|) / 4
+    y = np.array([[1, 0], [0, 1]])
+    assert expected_calibration_error(y, np.array([[0.9, 0.1], [0.5, 0.7]])) == pytest.approx(0.25)
+    # .50 (+) and .52 (-) share bin 7 ([7/15, 8/15)): |1.02 - 1|; .9 (-) and .01 (-) are alone: .9 and .01
+    y, s = np.array([[1, 0], [0, 0]]), np.array([[0.50, 0.52], [0.9, 0.01]])
+    assert expected_calibration_error(y, s) == pytest.approx((0.02 + 0.9 + 0.01) / 4)
+    # One bin: |mean score - mean label|
+    assert expected_calibration_error(Y2, S2, n_bins=1) == pytest.approx(abs(S2.mean() - Y2.mean()))
+    # Perfectly calibrated: every score is the frequency of its bin
+    y = np.array([[1, 0, 0, 0]])
+    assert expected_calibration_error(y, np.full((1, 4), 0.25)) == pytest.approx(0.0)
+
+
+def test_expected_calibration_error_puts_one_in_the_last_bin():
+    # 1.0 shares bin 14 ([14/15, 1]) with .95: |1.95 - 1| / 2 = .475 (separate bins would give .525)
+    assert expected_calibration_error(np.array([[0, 1]]), np.array([[1.0, 0.95]])) == pytest.approx(0.475)
+    assert expected_calibration_error(np.array([[1]]), np.array([[1.0]])) == 0.0
+
+
+def test_brier_score_hand_computed():
+    # Y2, S2: (.01 + .64 + .81 + .04 + .01 + .64 + .09 + .16) / 8
+    assert brier_score(Y2, S2) == pytest.approx(0.3)
+    assert brier_score(np.zeros((2, 2)), np.full((2, 2), 0.5)) == pytest.approx(0.25)  # single class is fine
+    assert brier_score(Y2, Y2.astype(float)) == 0.0

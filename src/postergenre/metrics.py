@@ -44,6 +44,30 @@ def macro_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
     return float(average_precision_score(y_true[:, cols], scores[:, cols], average="macro"))
 
 
+def expected_calibration_error(y_true: np.ndarray, scores: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over every poster x genre score: sum over equal-width bins of [0, 1] of
+    |mean score - fraction of positives| weighted by the bin's share of all N*G scores.
+
+    Bin b holds scores in [b/n, (b+1)/n); a score of exactly 1.0 goes in the last bin.
+    """
+    y = (np.asarray(y_true) > 0).ravel().astype(np.float64)
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if s.size == 0:
+        return 0.0
+    bins = np.clip((s * n_bins).astype(int), 0, n_bins - 1)
+    # |sum of scores - sum of labels| in a bin is n_b * |mean score - mean label|.
+    gap = np.abs(np.bincount(bins, s, n_bins) - np.bincount(bins, y, n_bins))
+    return float(gap.sum() / s.size)
+
+
+def brier_score(y_true: np.ndarray, scores: np.ndarray) -> float:
+    """Mean over every poster x genre of (score - label)^2; 0 is perfect, 0.25 is always 0.5."""
+    # numpy rather than sklearn's brier_score_loss, which is fussy about single-class input.
+    y = (np.asarray(y_true) > 0).ravel().astype(np.float64)
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    return float(np.mean((s - y) ** 2)) if s.size else 0.0
+
+
 def evaluate(y_true: np.ndarray, scores: np.ndarray, predicted: np.ndarray, genres: list[str]) -> dict:
     """All the project's metrics as plain data (the JSON of ``postergenre evaluate``)."""
     y_true = (np.asarray(y_true) > 0).astype(int)
@@ -68,9 +92,12 @@ def evaluate(y_true: np.ndarray, scores: np.ndarray, predicted: np.ndarray, genr
         "samples_f1": float(f1_score(y_true, predicted, average="samples", zero_division=0)),
         "hamming_loss": float(hamming_loss(y_true, predicted)),
         "subset_accuracy": float(accuracy_score(y_true, predicted)),
+        # Calibration: are the scores probabilities? (0 is perfect for both)
+        "ece": expected_calibration_error(y_true, scores),
+        "brier": brier_score(y_true, scores),
         "per_genre": per_genre,
     }
 
 
 SUMMARY_KEYS = ["micro_recall_at_3", "precision_at_3", "recall_at_3", "mAP", "micro_f1", "macro_f1",
-                "samples_f1", "hamming_loss", "subset_accuracy"]
+                "samples_f1", "hamming_loss", "subset_accuracy", "ece", "brier"]
