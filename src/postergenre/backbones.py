@@ -184,15 +184,34 @@ class _PooledEfficientNetLite(nn.Module):
         self.feature_dim = 1280 + 2 * sum(outs[i] for i in self.taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(*self.trunk(x, len(self.net._blocks)), len(self.net._blocks))
+
+    # The network cut in two before block ``split``, so the last blocks can be trained on
+    # cached feature maps (mode "tail"): trunk(x) -> (map, [mean, std] of the taps passed so
+    # far); tail(map, those) -> the same features as forward(x).
+    def trunk(self, x: torch.Tensor, split: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         net = self.net
         h = net._swish(net._bn0(net._conv_stem(x)))
         pooled = []
-        for i, block in enumerate(net._blocks):
+        for i, block in enumerate(net._blocks[:split]):
+            h = block(h)
+            if i in self.taps:
+                pooled += [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
+        return h, pooled
+
+    def tail(self, h: torch.Tensor, pooled: list[torch.Tensor], split: int) -> torch.Tensor:
+        net = self.net
+        pooled = list(pooled)
+        for i, block in enumerate(net._blocks[split:], start=split):
             h = block(h)
             if i in self.taps:
                 pooled += [h.mean(dim=(2, 3)), h.std(dim=(2, 3))]
         h = net._swish(net._bn1(net._conv_head(h)))
         return torch.cat([h.mean(dim=(2, 3)), *pooled], dim=1)
+
+    def tail_modules(self, split: int) -> list[nn.Module]:
+        """The modules :meth:`tail` trains: blocks ``split..`` and the head convolution."""
+        return [*self.net._blocks[split:], self.net._conv_head, self.net._bn1]
 
 
 def _efficientnet_lite(variant: str, pooling: str = "multi") -> Callable:

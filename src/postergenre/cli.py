@@ -133,7 +133,12 @@ def train(
     images: Optional[Path] = typer.Option(None, "--images", help="Images folder (instead of --data)."),
     out: Path = typer.Option(..., "--out", help="Model directory to write."),
     backbone: str = typer.Option(None, "--backbone", help="Backbone name (postergenre backbones)."),
-    mode: str = typer.Option("frozen", "--mode", help="frozen (cached features + head) or finetune (end to end)."),
+    extra_data: Optional[List[Path]] = typer.Option(None, "--extra-data", help="Another dataset folder (same layout) whose posters only join training; repeatable. Posters whose Id or image is already used are dropped (counted)."),
+    mode: str = typer.Option("frozen", "--mode", help="frozen (cached features + head), tail (+ the last blocks tuned on cached maps) or finetune (end to end)."),
+    tail_blocks: int = typer.Option(1, "--tail-blocks", min=0, help="Mode tail: how many of the last backbone blocks to tune (the head convolution always is)."),
+    tail_epochs: int = typer.Option(6, "--tail-epochs", min=1, help="Mode tail: epochs of tuning after the head is fitted."),
+    tail_lr: float = typer.Option(1e-4, "--tail-lr", help="Mode tail: learning rate of the tuning."),
+    calibration: str = typer.Option("platt", "--calibration", help="Per-genre calibration fitted on validation: platt, temperature or none."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1),
     batch_size: int = typer.Option(33, "--batch-size", min=1),
     image_size: Optional[str] = typer.Option(None, "--image-size", help="Input size: N (square) or HxW, e.g. 384x256 (default: the backbone's; finetune: 350)."),
@@ -141,6 +146,7 @@ def train(
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Default: 0.05 frozen, 0 finetune."),
     head: str = typer.Option("mlp", "--head", help="mlp or linear."),
     hidden: int = typer.Option(512, "--hidden"),
+    heads: int = typer.Option(1, "--heads", min=1, help="Train an ensemble of this many heads (seeds seed, seed+1, ...); the model averages their logits."),
     dropout: float = typer.Option(0.7, "--dropout"),
     loss: str = typer.Option("bce", "--loss", help="bce, bce_balanced or asl (asymmetric loss)."),
     patience: int = typer.Option(10, "--patience", min=1),
@@ -169,13 +175,19 @@ def train(
                         + (", ..." if len(report.skipped) > 5 else ""), fg=typer.colors.YELLOW, err=True)
         if limit:
             ds = ds.subset(range(min(limit, len(ds))))
+        extra_reports = []
+        for extra in extra_data or []:
+            ds, rep = _with_extra(ds, extra, data or labels, skip_bad)
+            extra_reports.append(rep)
+            typer.secho(rep.to_text(), err=True)
         size = _parse_size(image_size) if image_size else None
         recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
-                        weight_decay=weight_decay, head=head, hidden=hidden, dropout=dropout, loss=loss, image_size=size,
+                        weight_decay=weight_decay, head=head, hidden=hidden, heads=heads, dropout=dropout, loss=loss, image_size=size,
                         val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, patience=patience, device=device,
-                        workers=workers)
+                        workers=workers, tail_blocks=tail_blocks, tail_epochs=tail_epochs, tail_lr=tail_lr,
+                        calibration=calibration)
         m = run_train(ds, recipe, out, cache_dir=cache_dir, weights=weights, progress=not quiet,
-                      data_source=str(data or labels), resume=resume)
+                      data_source=str(data or labels), resume=resume, extra_reports=extra_reports)
     except _user_errors() as exc:
         _fail(exc)
     finally:
@@ -188,6 +200,16 @@ def train(
     for part, key in (("validation", "validation_metrics"), ("test", "test_metrics")):
         if key in m.config:
             typer.echo(f"{part}: " + ", ".join(f"{k} {m.config[key][k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
+
+
+def _with_extra(ds, extra: Path, primary: Optional[Path], skip_bad: bool):
+    """``ds`` plus the posters of the dataset folder ``extra`` (see data.add_extra)."""
+    from .data import add_extra, load_dataset
+
+    extra_ds, report = load_dataset(extra, skip_bad=skip_bad, verify_images=True)
+    if report.skipped:
+        typer.secho(f"{extra}: skipped {len(report.skipped)} poster(s) with a missing or unreadable image", fg=typer.colors.YELLOW, err=True)
+    return add_extra(ds, extra_ds, extra.resolve().name, Path(primary).resolve().name if primary else "primary")
 
 
 @app.command()
@@ -270,6 +292,11 @@ def compare(
         ds, _ = load_dataset(data, labels, images)
         if limit:
             ds = ds.subset(range(min(limit, len(ds))))
+        extra_reports = []
+        for extra in extra_data or []:
+            ds, rep = _with_extra(ds, extra, data or labels, skip_bad)
+            extra_reports.append(rep)
+            typer.secho(rep.to_text(), err=True)
         cfg = CompareConfig(backbones=[b.strip() for b in backbones.split(",") if b.strip()], mode=mode, epochs=epochs,
                             batch_size=batch_size, image_size=_parse_size(image_size) if image_size else None,
                             test_fraction=test_fraction, seed=seed, weights=named, allow_random_init=allow_random_init)
@@ -374,6 +401,23 @@ def data_check(
     except _user_errors() as exc:
         _fail(exc)
     typer.echo(json.dumps(report.to_dict(), indent=2) if fmt == "json" else report.to_text())
+
+
+@data_app.command("build-extra")
+def data_build_extra(
+    labels_repo: Path = typer.Option(..., "--labels-repo", help="Clone of d-misra/Multi-label-movie-poster-genre-classification."),
+    images_repo: Path = typer.Option(..., "--images-repo", help="Clone (or bare git dir) of srijonsarkar/Movie-Genre-Prediction."),
+    study: Path = typer.Option(..., "--study", help="The study's dataset (laxmimerit/Movies-Poster_Dataset): train.csv + Images/."),
+    out: Path = typer.Option(..., "--out", help="Folder to write train.csv + Images/ into (a rerun resumes)."),
+):
+    """Build the extra training set (as ../shared/datasets/extra-posters) from clones of its public sources."""
+    from .build_extra import build_extra_set
+
+    try:
+        report = build_extra_set(labels_repo, images_repo, study, out)
+    except _user_errors() as exc:
+        _fail(exc)
+    typer.echo(report.to_text())
 
 
 @app.command()

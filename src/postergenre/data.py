@@ -30,19 +30,36 @@ class DatasetError(ValueError):
 
 @dataclass
 class PosterDataset:
-    """Labelled posters. ``labels`` is ``(N, G)`` uint8 aligned with ``ids``/``paths``/``genres``."""
+    """Labelled posters. ``labels`` is ``(N, G)`` uint8 aligned with ``ids``/``paths``/``genres``.
+
+    ``known`` ``(N, G)`` uint8: 1 where the label is known, 0 where a source lacks that genre
+    (masked out of the loss, never read as negative); ``None`` when every label is known.
+    ``sources``: the name of the dataset each poster comes from; the first name is the primary
+    (validation and test posters come only from it). ``None`` for a single dataset.
+    """
 
     ids: list[str]
     paths: list[Path]
     labels: np.ndarray
     genres: list[str]
+    known: np.ndarray | None = None
+    sources: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, index) -> "PosterDataset":
         index = np.asarray(index, dtype=int)
-        return PosterDataset([self.ids[i] for i in index], [self.paths[i] for i in index], self.labels[index], self.genres)
+        return PosterDataset([self.ids[i] for i in index], [self.paths[i] for i in index], self.labels[index], self.genres,
+                             None if self.known is None else self.known[index],
+                             None if self.sources is None else [self.sources[i] for i in index])
+
+    @property
+    def primary(self) -> np.ndarray:
+        """Indices of the primary dataset's posters (all of them for a single dataset)."""
+        if self.sources is None:
+            return np.arange(len(self))
+        return np.flatnonzero(np.asarray(self.sources) == self.sources[0])
 
     def subset_ids(self, ids) -> "PosterDataset":
         """The posters whose Id is in ``ids`` (in this dataset's order); an Id absent here is an error."""
@@ -245,3 +262,70 @@ def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[
     splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
     train, held = next(splitter.split(np.zeros(len(labels)), labels))
     return np.sort(train), np.sort(held)
+
+
+@dataclass
+class ExtraReport:
+    """What :func:`add_extra` kept and dropped of one extra dataset. Plain data."""
+
+    name: str
+    n_posters: int = 0
+    n_added: int = 0
+    dropped_same_id: list[str] = field(default_factory=list)  # Id already in the primary (or an earlier extra)
+    dropped_same_image: list[str] = field(default_factory=list)  # image bytes identical to a poster already there
+    unknown_genres: list[str] = field(default_factory=list)  # primary genres this source lacks: masked
+
+    def to_text(self) -> str:
+        masked = f"; genres it lacks (masked out of the loss): {', '.join(self.unknown_genres)}" if self.unknown_genres else ""
+        return (f"extra data {self.name}: {self.n_added} of {self.n_posters} posters added to training; dropped "
+                f"{len(self.dropped_same_id)} with an Id already used, {len(self.dropped_same_image)} with an identical image{masked}")
+
+
+def add_extra(base: PosterDataset, extra: PosterDataset, name: str, base_name: str = "primary") -> tuple[PosterDataset, ExtraReport]:
+    """``base`` plus the posters of ``extra`` whose Id and image content are new to it.
+
+    Genres are matched by name. A genre of ``base`` that ``extra`` lacks is unknown for its
+    posters (``known`` = 0); a genre ``extra`` has and ``base`` lacks is an error naming it, since
+    its posters cannot be labelled in the base's taxonomy.
+    """
+    foreign = [g for g in extra.genres if g not in base.genres]
+    if foreign:
+        raise DatasetError(f"{name}: genre column(s) {', '.join(foreign)} are not genres of the primary dataset "
+                           f"({', '.join(base.genres)}); remove or rename them")
+    taken = set(base.sources or [base_name])
+    while name in taken:  # two folders of the same name stay two sources
+        name += "+"
+    report = ExtraReport(name, n_posters=len(extra), unknown_genres=[g for g in base.genres if g not in extra.genres])
+    seen_ids = set(base.ids)
+    seen_images = {_digest(p) for p in base.paths}
+    keep = []
+    # Compared with what is already there, not within ``extra``: its own identical posters (box
+    # sets) are kept, as the dataset gives them.
+    for i, (pid, path) in enumerate(zip(extra.ids, extra.paths)):
+        if pid in seen_ids:
+            report.dropped_same_id.append(pid)
+        elif _digest(path) in seen_images:
+            report.dropped_same_image.append(pid)
+        else:
+            keep.append(i)
+    report.n_added = len(keep)
+    cols = [extra.genres.index(g) if g in extra.genres else -1 for g in base.genres]
+    labels = np.zeros((len(keep), len(base.genres)), dtype=np.uint8)
+    known = np.zeros_like(labels)
+    for j, c in enumerate(cols):
+        if c >= 0:
+            labels[:, j] = extra.labels[keep, c]
+            known[:, j] = 1 if extra.known is None else extra.known[keep, c]
+    base_known = np.ones_like(base.labels) if base.known is None else base.known
+    combined = PosterDataset(
+        base.ids + [extra.ids[i] for i in keep], base.paths + [extra.paths[i] for i in keep],
+        np.concatenate([base.labels, labels]), base.genres, np.concatenate([base_known, known]),
+        (base.sources or [base_name] * len(base)) + [name] * len(keep),
+    )
+    return combined, report
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha1(Path(path).read_bytes()).hexdigest()

@@ -126,6 +126,18 @@ class Preprocess:
     def __call__(self, img: Image.Image) -> torch.Tensor:
         return self.normalize(self.resize(img))
 
+    def load_pixels(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+        """Decode and resize one file, not yet normalised: ``(H, W, 3)`` uint8. Loader workers
+        hand these over (4x smaller than float32: less shared-memory traffic and page faults)."""
+        img = load_rgb(source, name=name, max_pixels=max_pixels, draft_size=self.draft_size)
+        return np.array(self.resize(img), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
+
+    def normalize_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, exactly as :meth:`normalize` does one image."""
+        mean = torch.tensor(self.mean, dtype=torch.float32)
+        std = torch.tensor(self.std, dtype=torch.float32)
+        return ((pixels.float() / 255.0 - mean) / std).permute(0, 3, 1, 2).contiguous()
+
     def load(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
         """Decode and preprocess one file: ``(3, H, W)`` float32."""
         return self(load_rgb(source, name=name, max_pixels=max_pixels, draft_size=self.draft_size))

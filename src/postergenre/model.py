@@ -22,6 +22,7 @@ from torch import nn
 
 from . import __version__
 from .backbones import LoadedBackbone, build_backbone, get_spec
+from .calibration import Calibration
 from .decision import DecisionRule
 from .images import Preprocess
 
@@ -66,6 +67,26 @@ HEADS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
 }
 
 
+class Ensemble(nn.Module):
+    """Several heads of one kind (trained from different seeds): the mean of their logits."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(features) for m in self.members]).mean(0)
+
+
+def build_head(kind: str, in_dim: int, n_out: int, hidden: int = 0, dropout: float = 0.0, members: int = 1) -> nn.Module:
+    """A head of ``kind`` (see :data:`HEADS`), or an :class:`Ensemble` of ``members`` of them."""
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}: choose one of {', '.join(HEADS)}")
+    if members <= 1:
+        return HEADS[kind](in_dim, n_out, hidden, dropout)
+    return Ensemble([HEADS[kind](in_dim, n_out, hidden, dropout) for _ in range(members)])
+
+
 class ConfigAccessors:
     """What every scorer (PyTorch model, ONNX Runtime model) reads from its ``config`` dict."""
 
@@ -98,6 +119,12 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
         self.backbone = backbone.module
         self.head = head
         self.config = config
+        self.calibration = Calibration.from_dict(config["calibration"]) if config.get("calibration") else Calibration(len(config["genres"]))
+
+    def set_calibration(self, calibration: Calibration) -> None:
+        """Use ``calibration`` from now on (and record it in the config, which is what is saved)."""
+        self.calibration = calibration
+        self.config["calibration"] = calibration.to_dict()
 
     @property
     def name(self) -> str:
@@ -105,7 +132,8 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
 
     # --- inference -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        """Calibrated logits ``(B, G)``: their sigmoid reads as a probability per genre."""
+        return self.calibration(self.head(self.backbone(x)))
 
     @torch.inference_mode()
     def predict_proba_tensor(self, batch: torch.Tensor) -> np.ndarray:
@@ -120,7 +148,7 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
         """Scores ``(N, G)`` from backbone features ``(N, D)`` (frozen mode's fast path)."""
         self.eval()
         device = next(self.head.parameters()).device
-        return torch.sigmoid(self.head(torch.as_tensor(features, device=device))).float().cpu().numpy()
+        return torch.sigmoid(self.calibration(self.head(torch.as_tensor(features, device=device)))).float().cpu().numpy()
 
     def predict_proba(self, images: Sequence) -> np.ndarray:
         """Scores ``(N, G)`` for PIL images (any mode) or preprocessed tensors."""
@@ -138,8 +166,11 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
     # --- persistence -----------------------------------------------------------------------
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
+        tuned = tuple(self.config["backbone"].get("tuned", []))
         if self.config["backbone"]["in_artifact"]:
             tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
+        elif tuned:  # only the trained blocks travel; the rest is re-read from the weights package
+            tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items() if k.startswith(tuned)})
         return {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
 
     def save(self, out_dir: str | Path, card: str | None = None, extra_files: dict[str, str] | None = None) -> Path:
@@ -277,22 +308,43 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
                     f"{model_dir}: the installed weights of backbone {bcfg['name']!r} ({backbone.weights_id}) "
                     f"differ from those the model was trained with ({bcfg['weights_id']})"
                 )
+            _load_tuned(backbone.module, tensors, tuple(bcfg.get("tuned", [])), weights)
     except KeyError as exc:
         raise ModelError(f"{model_dir}: {exc.args[0]}") from None
     hcfg = cfg["head"]
-    head = HEADS[hcfg["kind"]](backbone.feature_dim, len(cfg["genres"]), hcfg.get("hidden", 0), hcfg.get("dropout", 0.0))
+    try:
+        head = build_head(hcfg["kind"], backbone.feature_dim, len(cfg["genres"]), hcfg.get("hidden", 0),
+                          hcfg.get("dropout", 0.0), hcfg.get("members", 1))
+    except ValueError as exc:
+        raise ModelError(f"{model_dir / CONFIG_FILE}: {exc}") from None
     head_sd = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     try:
         head.load_state_dict(head_sd, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{weights}: head weights do not fit the config ({str(exc).splitlines()[0]})") from None
-    model = PosterGenreModel(backbone, head, cfg).to(device).eval()
+    try:
+        model = PosterGenreModel(backbone, head, cfg).to(device).eval()
+    except ValueError as exc:
+        raise ModelError(f"{model_dir / CONFIG_FILE}: bad calibration ({exc})") from None
     return model
+
+
+def _load_tuned(module: nn.Module, tensors: dict, tuned: tuple[str, ...], weights: Path) -> None:
+    """Overlay the trained blocks stored in the artifact (``backbone.<key>``) on the package weights."""
+    sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    expected = {k for k in module.state_dict() if k.startswith(tuned)} if tuned else set()
+    if set(sd) != expected:
+        raise ModelError(f"{weights}: the stored backbone blocks do not match the config's tuned blocks {list(tuned)}")
+    if sd:
+        try:
+            module.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:
+            raise ModelError(f"{weights}: tuned backbone weights do not fit ({str(exc).splitlines()[0]})") from None
 
 
 def new_config(
     backbone: LoadedBackbone, preprocess: Preprocess, genres: Iterable[str], head_kind: str, hidden: int,
-    dropout: float, mode: str,
+    dropout: float, mode: str, members: int = 1,
 ) -> dict:
     """The config of a model about to be trained; training fills in the rest."""
     spec = get_spec(backbone.spec.name)
@@ -309,7 +361,7 @@ def new_config(
             "in_artifact": mode == "finetune" or backbone.weights_origin not in ("package", "none"),
         },
         "preprocess": preprocess.to_dict(),
-        "head": {"kind": head_kind, "hidden": hidden, "dropout": dropout},
+        "head": {"kind": head_kind, "hidden": hidden, "dropout": dropout} | ({"members": members} if members > 1 else {}),
         "genres": list(genres),
         "decision": DecisionRule().to_dict(),
     }

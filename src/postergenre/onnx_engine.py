@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._export import OPSET, export_module
 from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4
-OPSET = 17
 ENGINES = ("auto", "torch", "onnx")
 SAMPLES_DIR = Path(__file__).parent / "samples"
 METADATA_KEY = "postergenre"
@@ -53,7 +53,9 @@ def sample_posters() -> list[Path]:
 def model_fingerprint(model: PosterGenreModel) -> str:
     """Identifies the weights and preprocessing an export must match (16 hex chars)."""
     c = model.config
-    desc = json.dumps([c.get("weights_sha256"), c["backbone"].get("weights_id"), c["preprocess"], c["genres"]], sort_keys=True)
+    parts = [c.get("weights_sha256"), c["backbone"].get("weights_id"), c["preprocess"], c["genres"]]
+    parts += [c["calibration"]] if c.get("calibration") else []  # so older models keep their cached exports
+    desc = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
 
@@ -78,13 +80,11 @@ def export_onnx(model: PosterGenreModel, out: str | Path, check_images: Sequence
     try:
         with torch.inference_mode():
             expected = _Scores(model)(batch.contiguous(memory_format=torch.channels_last)).numpy()
-        with warnings.catch_warnings():  # the TorchScript exporter's notes on constant folding are noise here
-            warnings.simplefilter("ignore")
-            torch.onnx.export(_Scores(model), (batch[:1],), str(tmp), input_names=["image"], output_names=["scores"],
-                              dynamic_axes={"image": {0: "batch"}, "scores": {0: "batch"}}, opset_version=OPSET, dynamo=False)
+        export_module(_Scores(model), batch[:1], tmp, output_name="scores")
         proto = onnx.load(str(tmp))
         meta = {"format_version": 1, "name": model.name, "genres": model.genres, "preprocess": model.config["preprocess"],
                 "decision": model.config["decision"], "weights_sha256": model.config.get("weights_sha256"),
+                "calibration": model.config.get("calibration"),
                 "fingerprint": model_fingerprint(model), "input": "RGB, resized to preprocess.size (height, width) "
                 "without keeping the aspect ratio, scaled to [0, 1], then (x - mean) / std; NCHW float32"}
         entry = proto.metadata_props.add()

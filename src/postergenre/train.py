@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,15 +26,17 @@ from . import metrics as M
 from .backbones import build_backbone, get_spec
 from .checkpoint import Checkpoints
 from .data import PosterDataset, split_indices
-from .decision import DecisionRule, tune_thresholds
+from .decision import DecisionRule, top_k_mask, tune_thresholds
 from .distributed import SINGLE, Dist
 from .distributed import setup as setup_distributed
 from .features import extract_features, extract_features_sharded, make_loader
 from .images import Preprocess
 from .losses import LOSSES, build_loss
-from .model import HEADS, PosterGenreModel, new_config
+from .model import HEADS, Ensemble, PosterGenreModel, build_head, new_config
 
 DEFAULT_BACKBONE = "efficientnet_lite0_poster"
+MODES = ("frozen", "tail", "finetune")
+CALIBRATIONS = ("platt", "temperature", "none")
 
 
 @dataclass
@@ -45,7 +47,7 @@ class Recipe:
     350x350)."""
 
     backbone: str = DEFAULT_BACKBONE
-    mode: str = "frozen"  # frozen | finetune
+    mode: str = "frozen"  # frozen | tail | finetune
     epochs: int | None = None
     batch_size: int = 33
     lr: float | None = None
@@ -54,6 +56,7 @@ class Recipe:
     loss: str = "bce"  # see losses.LOSSES; the validation loss is always reported as BCE
     hidden: int = 512
     dropout: float = 0.7
+    heads: int = 1  # > 1: an ensemble of heads from seeds seed, seed+1, ... (mean of logits)
     image_size: int | tuple[int, int] | None = None  # square side, or (height, width)
     val_fraction: float = 0.15  # of the posters left after the test part
     test_fraction: float = 0.0  # kept aside before anything else; 0 = no test part
@@ -61,10 +64,17 @@ class Recipe:
     patience: int = 10  # epochs without a better validation mAP before stopping
     device: str = "auto"
     workers: int | None = None
+    # mode "tail": after the head, tune the last ``tail_blocks`` blocks + head conv on cached maps
+    tail_blocks: int = 1
+    tail_epochs: int = 6
+    tail_lr: float = 1e-4
+    calibration: str = "platt"  # per-genre, fitted on validation: platt | temperature | none
 
     def resolved(self) -> "Recipe":
-        if self.mode not in ("frozen", "finetune"):
-            raise ValueError(f"unknown mode {self.mode!r}: choose frozen or finetune")
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: choose {', '.join(MODES)}")
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"unknown calibration {self.calibration!r}: choose {', '.join(CALIBRATIONS)}")
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}: choose one of {', '.join(HEADS)}")
         if self.loss not in LOSSES:
@@ -72,7 +82,7 @@ class Recipe:
         if not 0.0 <= self.test_fraction < 1.0:
             raise ValueError(f"test fraction must be in [0, 1), got {self.test_fraction}")
         get_spec(self.backbone)  # fails early on an unknown name
-        frozen = self.mode == "frozen"
+        frozen = self.mode != "finetune"  # tail mode starts as frozen mode does
         r = Recipe(**asdict(self))
         r.epochs = self.epochs or (40 if frozen else 25)
         r.lr = self.lr or (3e-4 if frozen else 1e-4)
@@ -101,12 +111,19 @@ def split_fingerprint(ids: list[str], train_idx, val_idx, test_idx=()) -> str:
     return h.hexdigest()[:16]
 
 
-def recipe_split(labels: np.ndarray, r: "Recipe") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, validation, test) indices: the test part first (if any), then validation from the rest."""
-    rest, test = (split_indices(labels, r.test_fraction, r.seed) if r.test_fraction
-                  else (np.arange(len(labels)), np.zeros(0, dtype=int)))
-    tr, va = split_indices(labels[rest], r.val_fraction, r.seed)
-    return rest[tr], rest[va], test
+def recipe_split(labels: np.ndarray, r: "Recipe", primary: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(train, validation, test) indices: the test part first (if any), then validation from the rest.
+
+    With ``primary`` (indices of the primary dataset's posters), only those are split; every other
+    poster (extra datasets) joins training, so validation and test measure the primary's distribution.
+    """
+    primary = np.arange(len(labels)) if primary is None else np.asarray(primary)
+    own = labels[primary]
+    rest, test = (split_indices(own, r.test_fraction, r.seed) if r.test_fraction
+                  else (np.arange(len(own)), np.zeros(0, dtype=int)))
+    tr, va = split_indices(own[rest], r.val_fraction, r.seed)
+    extra = np.setdiff1d(np.arange(len(labels)), primary)
+    return np.concatenate([primary[rest[tr]], extra]), primary[rest[va]], primary[test]
 
 
 def _epoch_metrics(y: np.ndarray, scores: np.ndarray) -> dict:
@@ -133,8 +150,12 @@ class History:
     def to_csv(self) -> str:
         if not self.epochs:
             return ""
-        keys = list(self.epochs[0])
-        rows = [",".join(keys)] + [",".join(f"{r[k]:.6g}" if isinstance(r[k], float) else str(r[k]) for k in keys) for r in self.epochs]
+        keys = list(dict.fromkeys(k for r in self.epochs for k in r))  # a later phase may add columns
+
+        def cell(v) -> str:
+            return "" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+        rows = [",".join(keys)] + [",".join(cell(r.get(k)) for k in keys) for r in self.epochs]
         return "\n".join(rows) + "\n"
 
     def iterations_csv(self) -> str:
@@ -186,9 +207,13 @@ def train(
     data_source: str = "",
     monitor: tuple[str, PosterDataset] | None = None,
     resume: bool = False,
+    extra_reports: list | None = None,
 ) -> PosterGenreModel:
     """Train on ``dataset`` with ``recipe`` and save the model to ``out_dir``.
 
+    ``dataset`` may join several sources (:func:`postergenre.data.add_extra`): validation and
+    test posters come only from the primary one, the others only join training, and labels a
+    source lacks (``dataset.known`` = 0) are left out of the loss.
     ``split`` (train indices, validation indices) overrides the recipe's seeded split (and its
     test part). With ``recipe.test_fraction`` the test part is scored once, after the model is
     final, into ``test_metrics.json`` and the model card.
@@ -207,15 +232,16 @@ def train(
     if split is not None:
         train_idx, val_idx, test_idx = np.asarray(split[0]), np.asarray(split[1]), np.zeros(0, dtype=int)
     else:
-        train_idx, val_idx, test_idx = recipe_split(dataset.labels, r)
+        train_idx, val_idx, test_idx = recipe_split(dataset.labels, r, dataset.primary)
     y = dataset.labels.astype(np.float32)
+    known = None if dataset.known is None or dataset.known.all() else dataset.known.astype(np.float32)
 
     spec = get_spec(r.backbone)
     size = _size_pair(r.image_size) if r.image_size else spec.input_size
     backbone = build_backbone(r.backbone, weights=weights, input_size=size, allow_random_init=allow_random_init)
     pp = Preprocess(size, spec.mean, spec.std)
-    head = HEADS[r.head](backbone.feature_dim, len(dataset.genres), r.hidden, r.dropout)
-    config = new_config(backbone, pp, dataset.genres, r.head, r.hidden if r.head == "mlp" else 0, r.dropout, r.mode)
+    head = build_head(r.head, backbone.feature_dim, len(dataset.genres), r.hidden, r.dropout, r.heads)
+    config = new_config(backbone, pp, dataset.genres, r.head, r.hidden if r.head == "mlp" else 0, r.dropout, r.mode, r.heads)
     model = PosterGenreModel(backbone, head, config)
     history = History()
     t0 = time.time()
@@ -226,53 +252,140 @@ def train(
         ckpt.clear()
     dist.barrier()
     progress = progress and dist.is_main
+    fit = _Fit(model, dataset, y, known, train_idx, val_idx, test_idx, r, history, gen, progress, ckpt, dist, cache_dir)
 
     if r.mode == "frozen":
-        feats, errors = extract_features_sharded(backbone, dataset.paths, pp, dist, cache_dir, device=r.device, progress=progress)
+        val_scores, test_scores = fit.frozen(monitor)
+    elif r.mode == "tail":
+        val_scores, test_scores = fit.tail()
+    else:
+        val_scores, test_scores = fit.end_to_end(monitor)
+    return _finalize(model, dataset, y, train_idx, val_idx, test_idx, val_scores, test_scores, r, history, t0,
+                     fit.extract_seconds, data_source, extra_reports or [], out_dir, ckpt, dist)
+
+
+class _Fit:
+    """The three ways of fitting, sharing one run's state; each returns (validation scores,
+    test scores or None), both before calibration."""
+
+    def __init__(self, model, dataset, y, known, train_idx, val_idx, test_idx, r, history, gen, progress, ckpt, dist, cache_dir):
+        self.model, self.dataset, self.y, self.known = model, dataset, y, known
+        self.train_idx, self.val_idx, self.test_idx = train_idx, val_idx, test_idx
+        self.r, self.history, self.gen, self.progress, self.ckpt, self.dist = r, history, gen, progress, ckpt, dist
+        self.cache_dir, self.extract_seconds = cache_dir, 0.0
+
+    def _extract(self, split: int | None = None) -> np.ndarray:
+        t = time.time()
+        bb = self.model.backbone_info
+        feats, errors = extract_features_sharded(bb, self.dataset.paths, self.model.preprocess, self.dist, self.cache_dir,
+                                                 device=self.r.device, progress=self.progress, split=split)
         if errors:
             raise ValueError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
-        extract_seconds = time.time() - t0
-        watch = None
-        if monitor is not None:
-            mfeats, _ = extract_features(backbone, monitor[1].paths, pp, cache_dir, device=r.device, progress=progress)
-            watch = (monitor[0], mfeats, monitor[1].labels.astype(np.float32))
-        val_scores = fit_head(model.head, feats, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt)
-        test_scores = model.predict_proba_features(feats[test_idx]) if len(test_idx) else None
-    else:
-        extract_seconds = 0.0
-        watch = None
-        if monitor is not None:
-            watch = (monitor[0], make_loader(monitor[1].paths, pp, r.batch_size, r.workers), monitor[1].labels.astype(np.float32))
-        val_scores = _fit_end_to_end(model, dataset, y, train_idx, val_idx, r, history, gen, progress, watch, ckpt, dist)
-        test_scores = (_predict_loader(model, make_loader([dataset.paths[i] for i in test_idx], pp, r.batch_size, r.workers), "cpu")
-                       if len(test_idx) else None)
+        self.extract_seconds += time.time() - t
+        return feats
 
-    # The decision rules, tuned on validation; then the validation figures under the default rule.
+    def frozen(self, monitor=None):
+        r, model = self.r, self.model
+        feats = self._extract()
+        watch = None
+        if monitor is not None:
+            mfeats, _ = extract_features(model.backbone_info, monitor[1].paths, model.preprocess, self.cache_dir,
+                                         device=r.device, progress=self.progress)
+            watch = (monitor[0], mfeats, monitor[1].labels.astype(np.float32))
+        val_scores = self._fit_heads(feats, watch)
+        return val_scores, model.predict_proba_features(feats[self.test_idx]) if len(self.test_idx) else None
+
+    def _fit_heads(self, feats: np.ndarray, watch=None) -> np.ndarray:
+        """Fit the head (each member of an ensemble from its own seed); validation scores of the whole."""
+        head = self.model.head
+        if not isinstance(head, Ensemble):
+            return fit_head(head, feats, self.y, self.train_idx, self.val_idx, self.r, self.history, self.gen,
+                            self.progress, watch, self.ckpt, self.known)
+        for k, member in enumerate(head.members):  # a few minutes in all: not checkpointed
+            fit_head(member, feats, self.y, self.train_idx, self.val_idx, replace(self.r, seed=self.r.seed + k),
+                     self.history, None, self.progress, watch, None, self.known, phase=f"head {k + 1}")
+        return self.model.predict_proba_features(feats[self.val_idx])
+
+    def tail(self):
+        from .features import row_layout
+        from .tail import TailNet, fit_tail, tail_logits, tuned_prefixes
+
+        r, model = self.r, self.model
+        module = model.backbone
+        if not hasattr(module, "tail_modules"):
+            raise ValueError(f"mode tail needs an EfficientNet-Lite backbone, not {r.backbone!r}")
+        split = len(module.net._blocks) - r.tail_blocks
+        if not 0 <= split < len(module.net._blocks):
+            raise ValueError(f"--tail-blocks must be from 0 to {len(module.net._blocks) - 1}, not {r.tail_blocks}")
+        rows = self._extract(split)
+        layout = row_layout(model.backbone_info, model.preprocess, split)
+        feats = rows[:, -layout["features"]:].astype(np.float32)
+        self._fit_heads(feats)
+        del feats
+        net = TailNet(module, split, model.head)
+        tail_ckpt = Checkpoints(self.ckpt.root / "tail", self.ckpt.fingerprint, writer=self.ckpt.writer)
+        val_scores = fit_tail(net, rows, layout, self.y, self.known, self.train_idx, self.val_idx, r, self.history,
+                              self.gen, BestEpoch(r.patience), _close_epoch, self.progress, tail_ckpt)
+        model.config["backbone"]["tuned"] = tuned_prefixes(module, split)
+        model.config["backbone"]["tail_blocks"] = r.tail_blocks
+        test = torch.sigmoid(torch.as_tensor(tail_logits(net, rows[self.test_idx], layout))).numpy() if len(self.test_idx) else None
+        return val_scores, test
+
+    def end_to_end(self, monitor=None):
+        r, model = self.r, self.model
+        watch = None
+        if monitor is not None:
+            watch = (monitor[0], make_loader(monitor[1].paths, model.preprocess, r.batch_size, r.workers),
+                     monitor[1].labels.astype(np.float32))
+        val_scores = _fit_end_to_end(model, self.dataset, self.y, self.train_idx, self.val_idx, r, self.history, self.gen,
+                                     self.progress, watch, self.ckpt, self.dist, self.known)
+        loader = make_loader([self.dataset.paths[i] for i in self.test_idx], model.preprocess, r.batch_size, r.workers)
+        return val_scores, _predict_loader(model, loader, "cpu") if len(self.test_idx) else None
+
+
+def _logits(scores: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(scores, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def _calibrate(model: PosterGenreModel, y_val: np.ndarray, val_scores: np.ndarray, kind: str) -> np.ndarray:
+    """Fit the per-genre calibration on the validation part; returns the calibrated validation scores."""
+    from .calibration import fit_platt, fit_temperature
+
+    if kind == "none":
+        return val_scores
+    z = _logits(val_scores)
+    cal = (fit_platt if kind == "platt" else fit_temperature)(z, y_val)
+    model.set_calibration(cal)
+    return cal.probabilities(z)
+
+
+def _finalize(model, dataset, y, train_idx, val_idx, test_idx, val_scores, test_scores, r, history, t0,
+              extract_seconds, data_source, extra_reports, out_dir, ckpt, dist) -> PosterGenreModel:
+    """Calibrate, tune the decision rules, score validation (and test, once), write the model."""
+    raw_val = M.evaluate(y[val_idx], val_scores, top_k_mask(val_scores, 3), dataset.genres)
+    val_scores = _calibrate(model, y[val_idx], val_scores, r.calibration)
+    if test_scores is not None and "calibration" in model.config:
+        test_scores = model.calibration.probabilities(_logits(test_scores))
     thresholds = tune_thresholds(y[val_idx], val_scores)
     model.config["decision"] = DecisionRule("top_k", 3, thresholds).to_dict()
     val_metrics = M.evaluate(y[val_idx], val_scores, model.decision.apply(val_scores), dataset.genres)
     val_metrics_thr = M.evaluate(y[val_idx], val_scores, model.decision_rule("thresholds").apply(val_scores), dataset.genres)
+    parts = {"train": train_idx, "val": val_idx} | ({"test": test_idx} if len(test_idx) else {})
     model.config.update({
         "recipe": asdict(r),
-        "data": {
-            "source": data_source,
-            "n_posters": len(dataset),
-            "n_train": int(len(train_idx)),
-            "n_val": int(len(val_idx)),
-            "n_test": int(len(test_idx)),
-            "split_fingerprint": split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
-        },
+        "data": _data_record(dataset, parts, data_source, extra_reports),
         "validation_metrics": {k: val_metrics[k] for k in M.SUMMARY_KEYS},
         "validation_metrics_thresholds": {k: val_metrics_thr[k] for k in M.SUMMARY_KEYS},
+        "validation_metrics_uncalibrated": {k: raw_val[k] for k in M.SUMMARY_KEYS},
         "training_seconds": round(time.time() - t0, 1),
         "feature_extraction_seconds": round(extract_seconds, 1),
     })
-    parts = {"train": train_idx, "val": val_idx} | ({"test": test_idx} if len(test_idx) else {})
     extra_files = {
         "history.csv": history.to_csv(),
         "history.json": json.dumps(history.epochs, indent=1),
         "iterations.csv": history.iterations_csv(),
-        "split.json": json.dumps({k: [dataset.ids[i] for i in v] for k, v in parts.items()}),
+        "split.json": json.dumps(_split_record(dataset, parts)),
         "validation_metrics.json": json.dumps(val_metrics, indent=1),
     }
     if test_scores is not None:
@@ -285,8 +398,45 @@ def train(
     if dist.is_main:
         model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
         ckpt.clear()
+        Checkpoints(ckpt.root / "tail", ckpt.fingerprint).clear()
     dist.barrier()
     return model
+
+
+def _split_record(dataset: PosterDataset, parts: dict) -> dict:
+    """split.json: the primary's Ids per part, and every other source's training Ids by source."""
+    sources = dataset.sources or ["primary"] * len(dataset)
+    primary = sources[0] if sources else "primary"
+    out = {k: [dataset.ids[i] for i in v if sources[i] == primary] for k, v in parts.items()}
+    extra: dict[str, list[str]] = {}
+    for i in parts["train"]:
+        if sources[i] != primary:
+            extra.setdefault(sources[i], []).append(dataset.ids[i])
+    return out | ({"extra_train": extra} if extra else {})
+
+
+def _data_record(dataset: PosterDataset, parts: dict, data_source: str, extra_reports: list) -> dict:
+    sources = dataset.sources or ["primary"] * len(dataset)
+    counts: dict[str, int] = {}
+    for s in sources:
+        counts[s] = counts.get(s, 0) + 1
+    return {
+        "source": data_source,
+        "n_posters": len(dataset),
+        "n_train": int(len(parts["train"])),
+        "n_val": int(len(parts["val"])),
+        "n_test": int(len(parts.get("test", []))),
+        "split_fingerprint": split_fingerprint(dataset.ids, parts["train"], parts["val"], parts.get("test", [])),
+        "sources": [{"name": name, "n_posters": n} | _extra_counts(name, extra_reports) for name, n in counts.items()],
+    }
+
+
+def _extra_counts(name: str, reports: list) -> dict:
+    for rep in reports:
+        if rep.name == name:
+            return {"n_offered": rep.n_posters, "dropped_same_id": len(rep.dropped_same_id),
+                    "dropped_same_image": len(rep.dropped_same_image), "unknown_genres": rep.unknown_genres}
+    return {}
 
 
 def checkpoint_dir(out_dir: str | Path) -> Path:
@@ -301,8 +451,10 @@ def _bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_idx, r: Recipe,
              history: History | None = None, gen: torch.Generator | None = None, progress: bool = False,
-             watch=None, ckpt: Checkpoints | None = None) -> np.ndarray:
-    """Frozen mode: train ``head`` in place on features ``(N, D)`` with labels ``(N, G)``.
+             watch=None, ckpt: Checkpoints | None = None, known: np.ndarray | None = None,
+             phase: str | None = None) -> np.ndarray:
+    """Frozen mode: train ``head`` in place on features ``(N, D)`` with labels ``(N, G)``
+    (``known`` ``(N, G)``: 0 where a label is unknown and left out of the loss).
 
     Keeps the epoch with the best validation mAP and returns its validation scores ``(len(val_idx), G)``.
     With ``ckpt``, every epoch is checkpointed and training continues from the newest checkpoint.
@@ -317,6 +469,7 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
     criterion = build_loss(r.loss, y[train_idx]).to(r.device)
     xt = torch.as_tensor(feats[train_idx], device=r.device)
     yt = torch.as_tensor(y[train_idx], device=r.device)
+    kt = None if known is None else torch.as_tensor(known[train_idx], device=r.device)
     xv = torch.as_tensor(feats[val_idx], device=r.device)
     yv = torch.as_tensor(y[val_idx], device=r.device)
     head.feature_mean.copy_(xt.mean(0))
@@ -336,7 +489,7 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
         losses = []
         for i in range(0, len(order), r.batch_size):
             b = order[i:i + r.batch_size]
-            loss = criterion(head(xt[b]), yt[b])
+            loss = criterion(head(xt[b]), yt[b], None if kt is None else kt[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -347,7 +500,7 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
             logits = head(xv)
             val_loss = _bce(logits, yv).item()
             scores = torch.sigmoid(logits).cpu().numpy()
-        extra = {}
+        extra = {} if phase is None else {"phase": phase}
         if watch is not None:
             with torch.no_grad():
                 extra[f"{watch[0]}_loss"] = _bce(head(torch.as_tensor(watch[1], device=r.device)), torch.as_tensor(watch[2], device=r.device)).item()
@@ -382,7 +535,7 @@ def _predict_loader(model, loader, device) -> np.ndarray:
 
 
 def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: History, gen, progress, watch=None,
-                    ckpt: Checkpoints | None = None, dist: Dist = SINGLE) -> np.ndarray:
+                    ckpt: Checkpoints | None = None, dist: Dist = SINGLE, known: np.ndarray | None = None) -> np.ndarray:
     """Finetune mode: the study's recipe on decoded images. Returns the best epoch's val scores.
 
     Under torchrun: DistributedDataParallel. Every rank draws the same global batch order; a
@@ -430,7 +583,8 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
             x = _augment(batch, flips[idx]).to(r.device).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=r.device.startswith("cuda")):
                 logits = net(x)
-            loss = criterion(logits.float(), target)
+            k = None if known is None else torch.as_tensor(known[[ep_idx[i] for i in idx]], device=r.device)
+            loss = criterion(logits.float(), target, k)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -449,6 +603,26 @@ def _fit_end_to_end(model, dataset, y, train_idx, val_idx, r: Recipe, history: H
         if _close_epoch(epoch, row, scores, model, opt, None, gen, keeper, history, ckpt):
             break
     return keeper.restore_best(model)
+
+
+def _sources_text(sources: list[dict]) -> str:
+    if len(sources) < 2:
+        return ""
+    lines = ["Sources (validation and test posters come only from the first; the others only join training):", ""]
+    for s in sources:
+        dropped = (f"; {s['n_offered']} offered, {s['dropped_same_id']} dropped for an Id already used, "
+                   f"{s['dropped_same_image']} for an identical image" if "n_offered" in s else "")
+        unknown = f"; unknown (masked) genres: {', '.join(s['unknown_genres'])}" if s.get("unknown_genres") else ""
+        lines.append(f"- `{s['name']}`: {s['n_posters']} posters{dropped}{unknown}")
+    return "\n".join(lines) + "\n"
+
+
+def _calibration_text(cfg: dict) -> str:
+    cal = cfg.get("calibration")
+    if not cal or cal.get("kind") == "identity":
+        return "raw sigmoid outputs (not calibrated)."
+    return (f"probabilities: per-genre {cal['kind']} calibration of the logits, fitted on the validation part "
+            "(`ece` below is the expected calibration error over every poster x genre score, 15 bins).")
 
 
 def model_card(cfg: dict) -> str:
@@ -471,6 +645,10 @@ def model_card(cfg: dict) -> str:
         f"--weight-decay {r.get('weight_decay')} --patience {r.get('patience')} "
         f"--val-fraction {r.get('val_fraction')} --test-fraction {r.get('test_fraction', 0.0)} --seed {r.get('seed')}"
         + (f" --image-size {'x'.join(map(str, _size_pair(r['image_size'])))}" if r.get("image_size") else "")
+        + "".join(f" --extra-data {s['name']}" for s in d.get("sources", [])[1:])
+        + (f" --tail-blocks {r.get('tail_blocks')} --tail-epochs {r.get('tail_epochs')} --tail-lr {r.get('tail_lr')}"
+           if r.get("mode") == "tail" else "")
+        + f" --calibration {r.get('calibration', 'none')}"
     )
     return f"""# Model card: {cfg.get('name')}
 
@@ -481,6 +659,7 @@ Predicts a movie's genres ({len(cfg['genres'])} genres) from its poster. Multi-l
 - Head: `{cfg['head']['kind']}` (hidden {cfg['head'].get('hidden', 0)}, dropout {cfg['head'].get('dropout')})
 - Genres: {', '.join(cfg['genres'])}
 - Default decision: top-3 (the study's rule); `--decision thresholds` uses per-genre thresholds tuned for F1 on validation.
+- Scores: {_calibration_text(cfg)}
 
 ## Training
 ```
@@ -488,6 +667,7 @@ Predicts a movie's genres ({len(cfg['genres'])} genres) from its poster. Multi-l
 ```
 Data: {d.get('n_posters')} labelled posters, {d.get('n_train')} train / {d.get('n_val')} validation / {d.get('n_test', 0)} test
 (multi-label iterative stratification, seed {r.get('seed')}; split fingerprint `{d.get('split_fingerprint')}`).
+{_sources_text(d.get('sources', []))}
 Training time: {cfg.get('training_seconds')} s (feature extraction {cfg.get('feature_extraction_seconds')} s).
 The best epoch by validation mAP is kept, so the validation figures are slightly optimistic.
 
