@@ -167,3 +167,62 @@ def test_onnx_extraction_matches_pytorch_on_real_posters(tmp_path, split):
         assert np.abs(ref - got).max() <= 1e-4
     else:  # tail rows are stored as float16: equal to within one rounding step (maps reach ~60)
         np.testing.assert_allclose(got.astype(np.float32), ref.astype(np.float32), rtol=1e-3, atol=1e-3)
+
+
+def test_identical_posters_within_an_extra_set_are_kept(primary, tmp_path):
+    root = write_extra(tmp_path, n=4)
+    shutil.copyfile(root / "Images" / "xx0000000.jpg", root / "Images" / "xx0000009.jpg")  # a box-set cover
+    (root / "train.csv").write_text((root / "train.csv").read_text() + "xx0000009,1,0,0\n")
+    ds, report = add_extra(primary, load_dataset(root)[0], "extra")
+    assert report.n_added == 5 and not report.dropped_same_image
+
+
+def _cli(*args):
+    from typer.testing import CliRunner
+
+    from postergenre.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_cli_extra_data_bad_inputs(tiny_data, tmp_path, cache_dir):
+    missing = write_extra(tmp_path / "missing", n=6)
+    (missing / "Images" / "xx0000002.jpg").unlink()
+    res = _cli("train", "--data", tiny_data, "--extra-data", missing, "--out", tmp_path / "m", "--cache-dir", cache_dir, "-q")
+    assert res.exit_code == 2 and "xx0000002: image file missing" in res.output and "--skip-bad" in res.output
+    foreign = write_extra(tmp_path / "foreign", n=4, genres=["Comedy", "Western"])
+    res = _cli("train", "--data", tiny_data, "--extra-data", foreign, "--out", tmp_path / "m", "--cache-dir", cache_dir, "-q")
+    assert res.exit_code == 2 and "Western" in res.output and "not genres of the primary" in res.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_train_with_extra_data_reports_what_it_added(tiny_data, tmp_path, cache_dir):
+    extra = write_extra(tmp_path / "extra", n=8)
+    out = tmp_path / "m"
+    res = _cli("train", "--data", tiny_data, "--extra-data", extra, "--out", out, "--backbone", "efficientnet_lite0",
+               "--image-size", "64", "--epochs", "2", "--hidden", "16", "--val-fraction", "0.25", "--cache-dir", cache_dir,
+               "--skip-bad", "-q")
+    assert res.exit_code == 0, res.output
+    assert "extra data extra: 8 of 8 posters added to training" in res.output
+    assert "--extra-data extra" in (out / "MODEL.md").read_text()
+    assert json.loads((out / "config.json").read_text())["calibration"]["kind"] == "platt"
+
+
+def test_head_ensemble_trains_saves_and_averages(tiny_data, cache_dir, tmp_path):
+    from postergenre.model import Ensemble
+
+    ds, _ = load_dataset(tiny_data)
+    out = tmp_path / "ens"
+    train(ds, Recipe(backbone="efficientnet_lite0", epochs=3, heads=3, val_fraction=0.25, seed=1, hidden=16,
+                     image_size=(64, 64)), out, cache_dir=cache_dir, progress=False)
+    m = load_model(out)
+    assert isinstance(m.head, Ensemble) and len(m.head.members) == 3
+    assert m.config["head"]["members"] == 3
+    first = m.head.members[0].net[1].weight
+    assert not torch.equal(first, m.head.members[1].net[1].weight)  # different seeds
+    f = torch.randn(2, m.backbone_info.feature_dim)
+    with torch.no_grad():
+        mean = torch.stack([h(f) for h in m.head.members]).mean(0)
+        assert torch.allclose(m.head(f), mean)
+    phases = [r.get("phase") for r in json.loads((out / "history.json").read_text())]
+    assert {"head 1", "head 2", "head 3", "ensemble of 3 heads"} <= set(phases)

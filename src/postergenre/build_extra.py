@@ -27,13 +27,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 import re
 import subprocess
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._io import atomic_bytes
 from .data import DatasetError
 from .images import IMAGE_EXTENSIONS
 
@@ -224,7 +224,7 @@ def _write_blobs(git_dir: Path, todo: dict[str, str], images: Path) -> int:
                 raise DatasetError(f"{git_dir}: poster {poster_id} (blob {blob}) cannot be read from the repository")
             data = proc.stdout.read(int(header[2]))
             proc.stdout.read(1)
-            _atomic_write(images / f"{poster_id}.jpg", data)
+            atomic_bytes(images / f"{poster_id}.jpg", data)
     finally:
         proc.stdin.close()
         proc.wait()
@@ -238,13 +238,4 @@ def _write_csv(path: Path, rows: dict[str, list[str]]) -> None:
     for poster_id in sorted(rows):
         genres = rows[poster_id]
         writer.writerow([poster_id, str(genres), *(int(g in genres) for g in STUDY_GENRES)])
-    _atomic_write(path, buf.getvalue().encode("utf-8"))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_bytes(path, buf.getvalue().encode("utf-8"))

@@ -226,6 +226,7 @@ def evaluate(
     skip_bad: bool = typer.Option(False, "--skip-bad"),
     only_split: Optional[str] = typer.Option(None, "--only-split", help="train, val or test: only the posters of that part of the model's own split (split.json)."),
     engine: str = typer.Option("auto", "--engine", help="auto (frozen models: the feature cache; others: ONNX Runtime), torch or onnx."),
+    reliability: Optional[Path] = typer.Option(None, "--reliability", help="Also draw the reliability diagram (calibration) of the scores into this PNG."),
 ):
     """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
     from .data import load_dataset
@@ -249,7 +250,8 @@ def evaluate(
             if only_split not in parts:
                 raise ValueError(f"--only-split must be one of {', '.join(parts)} (the parts in the model's split.json), not {only_split!r}")
             ds = ds.subset_ids(parts[only_split])
-        result = evaluate_dataset(m, ds, m.decision_rule(decision, top_k), cache_dir, progress=sys.stderr.isatty())
+        result = evaluate_dataset(m, ds, m.decision_rule(decision, top_k), cache_dir, progress=sys.stderr.isatty(),
+                                  reliability_png=reliability)
     except _user_errors() as exc:
         _fail(exc)
     _emit(METRICS_FORMATS[fmt](result), output)
@@ -292,11 +294,6 @@ def compare(
         ds, _ = load_dataset(data, labels, images)
         if limit:
             ds = ds.subset(range(min(limit, len(ds))))
-        extra_reports = []
-        for extra in extra_data or []:
-            ds, rep = _with_extra(ds, extra, data or labels, skip_bad)
-            extra_reports.append(rep)
-            typer.secho(rep.to_text(), err=True)
         cfg = CompareConfig(backbones=[b.strip() for b in backbones.split(",") if b.strip()], mode=mode, epochs=epochs,
                             batch_size=batch_size, image_size=_parse_size(image_size) if image_size else None,
                             test_fraction=test_fraction, seed=seed, weights=named, allow_random_init=allow_random_init)

@@ -20,14 +20,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ._io import default_cache_dir  # noqa: F401 - re-exported
 from .backbones import LoadedBackbone
 from .images import ImageLoadError, Preprocess
 
 CHUNK = 512  # images per cache file
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("POSTERGENRE_CACHE", Path.home() / ".cache" / "postergenre"))
 
 
 def file_digest(data: bytes) -> str:

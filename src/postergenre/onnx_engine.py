@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._export import OPSET, export_module
+from ._export import OPSET, export_module  # noqa: F401 - OPSET re-exported
 from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4

@@ -100,9 +100,11 @@ def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> t
     return scores, errors
 
 
-def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False) -> dict:
+def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False,
+                     reliability_png: str | Path | None = None) -> dict:
     """All metrics (see :func:`postergenre.metrics.evaluate`) of ``model`` on every poster of
-    ``dataset``; the dataset's genres are matched to the model's by name."""
+    ``dataset``; the dataset's genres are matched to the model's by name. With ``reliability_png``,
+    also draws the reliability diagram of the scores there."""
     from .metrics import evaluate
 
     missing = [g for g in dataset.genres if g not in model.genres]
@@ -114,4 +116,8 @@ def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache
     cols = [model.genres.index(g) for g in dataset.genres]
     y = np.zeros((len(dataset), len(model.genres)), dtype=int)
     y[:, cols] = dataset.labels
+    if reliability_png is not None:
+        from .report import reliability_diagram
+
+        reliability_diagram(y, scores, reliability_png, title=f"{model.name} on {len(dataset)} posters")
     return evaluate(y, scores, (decision or model.decision).apply(scores), model.genres)

@@ -174,10 +174,13 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
 
     @app.get("/api/health")
     async def health():
-        """Whether the model is loaded; its name, the engine and the package version."""
+        """Whether the model is loaded; its name, the engine, whether its scores are calibrated
+        probabilities, and the package version."""
         body = {"status": holder.status, "version": __version__, "model": None, "engine": None}
         if holder.status == "ready":
-            body.update(model=holder.scorer.name, engine=holder.engine_used, genres=len(holder.scorer.genres))
+            cal = holder.scorer.config.get("calibration") or {}
+            body.update(model=holder.scorer.name, engine=holder.engine_used, genres=len(holder.scorer.genres),
+                        calibrated=cal.get("kind", "identity") != "identity")
         if holder.error:
             body["error"] = holder.error
         return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)

@@ -139,7 +139,7 @@ class History:
 
     def log(self, epoch: int, losses: list[float], val_loss: float, y_val, scores, started: float, extra: dict) -> dict:
         """Record one epoch: its row (losses, validation metrics, seconds) and its batch losses."""
-        row = {"epoch": epoch, "train_loss": float(np.mean(losses)), "val_loss": val_loss}
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "val_loss": val_loss}
         row.update({f"val_{k}": v for k, v in _epoch_metrics(y_val, scores).items()})
         row.update(extra)
         row["seconds"] = round(time.time() - started, 3)
@@ -301,10 +301,16 @@ class _Fit:
         if not isinstance(head, Ensemble):
             return fit_head(head, feats, self.y, self.train_idx, self.val_idx, self.r, self.history, self.gen,
                             self.progress, watch, self.ckpt, self.known)
+        t = time.time()
         for k, member in enumerate(head.members):  # a few minutes in all: not checkpointed
             fit_head(member, feats, self.y, self.train_idx, self.val_idx, replace(self.r, seed=self.r.seed + k),
                      self.history, None, self.progress, watch, None, self.known, phase=f"head {k + 1}")
-        return self.model.predict_proba_features(feats[self.val_idx])
+        with torch.no_grad():
+            logits = head.eval()(torch.as_tensor(feats[self.val_idx]))
+        scores = torch.sigmoid(logits).numpy()
+        self.history.log(0, [], _bce(logits, torch.as_tensor(self.y[self.val_idx])).item(), self.y[self.val_idx], scores, t,
+                         {"phase": f"ensemble of {len(head.members)} heads"})
+        return scores
 
     def tail(self):
         from .features import row_layout

@@ -1,7 +1,7 @@
 "use strict";
 const $ = (sel, root = document) => root.querySelector(sel);
 const statusEl = $("#status"), errorEl = $("#error"), results = $("#results");
-let ready = false;
+let ready = false, calibrated = false;
 
 function showError(text) { errorEl.textContent = text; errorEl.hidden = !text; }
 
@@ -11,7 +11,9 @@ async function pollHealth() {
     const h = await r.json();
     if (h.status === "ready") {
       ready = true;
-      statusEl.textContent = `Model ${h.model} ready (${h.genres} genres, ${h.engine} engine, v${h.version}).`;
+      calibrated = Boolean(h.calibrated);
+      statusEl.textContent = `Model ${h.model} ready (${h.genres} genres, ${h.engine} engine, v${h.version}).`
+        + (calibrated ? " Each bar is the probability that the poster's film has that genre." : "");
       statusEl.className = "status ready";
       return;
     }
@@ -48,7 +50,7 @@ function card(file, res, rule) {
     li.innerHTML = `<span class="label"></span><span class="track"><span class="fill"></span></span><span class="value"></span>`;
     $(".label", li).textContent = g.genre;
     $(".fill", li).style.width = `${(100 * g.score).toFixed(1)}%`;
-    $(".value", li).textContent = g.score.toFixed(2);
+    $(".value", li).textContent = calibrated ? `${Math.round(100 * g.score)}%` : g.score.toFixed(2);
     li.title = `Show which regions drove ${g.genre}`;
     li.addEventListener("click", () => explain(node, file, g.genre, li));
     bars.appendChild(li);

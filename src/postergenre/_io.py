@@ -1,0 +1,62 @@
+"""Writing files so that nothing the user keeps is ever half-written, and the cache folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Callable
+
+
+def default_cache_dir() -> Path:
+    """Feature caches and ONNX exports: ``$POSTERGENRE_CACHE`` or ``~/.cache/postergenre``."""
+    return Path(os.environ.get("POSTERGENRE_CACHE", Path.home() / ".cache" / "postergenre"))
+
+
+def atomic_file(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temp file and a rename: never half-written."""
+    return atomic_bytes(path, text.encode("utf-8"))
+
+
+def atomic_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename: never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def atomic_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+    """Fill a fresh sibling temp directory with ``write``, then swap it into ``out_dir``.
+
+    A crash leaves either the old directory or the new one at ``out_dir``, never a mix; a
+    leftover ``.tmp`` sibling is harmless and never read as a model.
+    """
+    out = Path(out_dir).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write(tmp)
+        for f in tmp.iterdir():  # flush file contents before the rename makes them visible
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+            f.chmod(0o644)
+        tmp.chmod(0o755)
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
