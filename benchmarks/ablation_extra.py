@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True)
     ap.add_argument("--extra-data", required=True)
-    ap.add_argument("--rows", default="head,tail", help="comma-separated groups: head, tail, tail0")
+    ap.add_argument("--rows", default="head,tail", help="comma-separated groups: head, ensemble, tail, tail0")
     ap.add_argument("--tail-epochs", type=int, default=6)
     ap.add_argument("--out", default="docs/ablation")
     a = ap.parse_args()
@@ -120,6 +120,7 @@ def main() -> None:
         row("+ extra posters, MLP 1024, dropout 0.5", lambda: (head_logits(X, y, tr, va, replace(BASE, hidden=1024, dropout=0.5)), {}))
         row("+ extra posters, MLP, 20 epochs", lambda: (head_logits(X, y, tr, va, replace(BASE, epochs=20)), {}))
         row("+ extra posters, MLP, lr 1e-3", lambda: (head_logits(X, y, tr, va, replace(BASE, lr=1e-3)), {}))
+    if "ensemble" in groups:
         row("+ extra posters, MLP, 5-seed ensemble", lambda: (head_logits(X, y, tr, va, BASE, seeds=(1, 2, 3, 4, 5)), {}))
     for blocks, group in ((1, "tail"), (0, "tail0")):
         if group not in groups:

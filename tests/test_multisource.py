@@ -226,3 +226,14 @@ def test_head_ensemble_trains_saves_and_averages(tiny_data, cache_dir, tmp_path)
         assert torch.allclose(m.head(f), mean)
     phases = [r.get("phase") for r in json.loads((out / "history.json").read_text())]
     assert {"head 1", "head 2", "head 3", "ensemble of 3 heads"} <= set(phases)
+
+
+def test_tail_blocks_zero_tunes_only_the_head_convolution(tiny_data, cache_dir, tmp_path):
+    ds, _ = load_dataset(tiny_data)
+    out = tmp_path / "t0"
+    train(ds, Recipe(backbone="efficientnet_lite0", mode="tail", tail_blocks=0, epochs=2, tail_epochs=1, val_fraction=0.25,
+                     seed=1, hidden=16, image_size=(64, 64)), out, cache_dir=cache_dir, progress=False)
+    assert load_model(out).config["backbone"]["tuned"] == ["net._conv_head.", "net._bn1."]
+    with pytest.raises(ValueError, match="--tail-blocks must be from 0 to 16"):
+        train(ds, Recipe(backbone="efficientnet_lite0", mode="tail", tail_blocks=17, epochs=1, image_size=(64, 64)),
+              tmp_path / "bad", cache_dir=cache_dir, progress=False)

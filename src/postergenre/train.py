@@ -320,9 +320,10 @@ class _Fit:
         module = model.backbone
         if not hasattr(module, "tail_modules"):
             raise ValueError(f"mode tail needs an EfficientNet-Lite backbone, not {r.backbone!r}")
-        split = len(module.net._blocks) - r.tail_blocks
-        if not 0 <= split < len(module.net._blocks):
-            raise ValueError(f"--tail-blocks must be from 0 to {len(module.net._blocks) - 1}, not {r.tail_blocks}")
+        n_blocks = len(module.net._blocks)
+        if not 0 <= r.tail_blocks <= n_blocks:  # 0: only the head convolution is tuned
+            raise ValueError(f"--tail-blocks must be from 0 to {n_blocks}, not {r.tail_blocks}")
+        split = n_blocks - r.tail_blocks
         rows = self._extract(split)
         layout = row_layout(model.backbone_info, model.preprocess, split)
         feats = rows[:, -layout["features"]:].astype(np.float32)
