@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .images import IMAGE_EXTENSIONS, ImageLoadError, load_rgb
+from .images import IMAGE_EXTENSIONS, ImageLoadError, file_digest, load_rgb
 
 ID_COLUMN = "Id"
 TEXT_COLUMNS = {"Genre"}  # free-text columns in the study's CSV, not labels
@@ -297,14 +297,14 @@ def add_extra(base: PosterDataset, extra: PosterDataset, name: str, base_name: s
         name += "+"
     report = ExtraReport(name, n_posters=len(extra), unknown_genres=[g for g in base.genres if g not in extra.genres])
     seen_ids = set(base.ids)
-    seen_images = {_digest(p) for p in base.paths}
+    seen_images = {file_digest(Path(p).read_bytes()) for p in base.paths}
     keep = []
     # Compared with what is already there, not within ``extra``: its own identical posters (box
     # sets) are kept, as the dataset gives them.
     for i, (pid, path) in enumerate(zip(extra.ids, extra.paths)):
         if pid in seen_ids:
             report.dropped_same_id.append(pid)
-        elif _digest(path) in seen_images:
+        elif file_digest(Path(path).read_bytes()) in seen_images:
             report.dropped_same_image.append(pid)
         else:
             keep.append(i)
@@ -323,9 +323,3 @@ def add_extra(base: PosterDataset, extra: PosterDataset, name: str, base_name: s
         (base.sources or [base_name] * len(base)) + [name] * len(keep),
     )
     return combined, report
-
-
-def _digest(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha1(Path(path).read_bytes()).hexdigest()

@@ -22,13 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._io import default_cache_dir  # noqa: F401 - re-exported
 from .backbones import LoadedBackbone
-from .images import ImageLoadError, Preprocess
+from .images import ImageLoadError, Preprocess, file_digest
 
 CHUNK = 512  # images per cache file
-
-
-def file_digest(data: bytes) -> str:
-    return hashlib.sha1(data).hexdigest()
 
 
 class _Files(Dataset):

@@ -7,6 +7,7 @@ becomes an upright 8-bit RGB image; a file that is not a readable image raises
 
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import asdict, dataclass
@@ -19,6 +20,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Posters are a few hundred pixels a side; anything past this is refused as a likely bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def file_digest(data: bytes) -> str:
+    """Content hash of an image file's bytes: keys the feature cache, finds duplicate posters."""
+    return hashlib.sha1(data).hexdigest()
 
 
 class ImageLoadError(ValueError):

@@ -404,8 +404,7 @@ def _finalize(model, dataset, y, train_idx, val_idx, test_idx, val_scores, test_
         extra_files["test_metrics.json"] = json.dumps(test_metrics, indent=1)
     if dist.is_main:
         model.save(out_dir, card=model_card(model.config), extra_files=extra_files)
-        ckpt.clear()
-        Checkpoints(ckpt.root / "tail", ckpt.fingerprint).clear()
+        ckpt.clear()  # the tail phase's checkpoints live inside its root: gone too
     dist.barrier()
     return model
 
