@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from postergenre.onnx_engine import load_for_inference
+from postergenre.inference import load_scorer
 from postergenre.predict import iter_image_paths, predict_paths
 
 
@@ -35,7 +35,7 @@ def main() -> None:
     paths = list(iter_image_paths([args.images]))
     warm, paths = paths[-64:], paths[: args.n]
     t = time.perf_counter()
-    model = load_for_inference(args.model, args.engine)
+    model = load_scorer(args.model, args.engine)
     load_s = time.perf_counter() - t
     list(predict_paths(model, warm, batch_size=args.batch_size))
     t = time.perf_counter()

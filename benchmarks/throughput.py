@@ -32,7 +32,7 @@ import torch
 from postergenre.backbones import IMAGENET_MEAN, IMAGENET_STD
 from postergenre.decision import DecisionRule
 from postergenre.images import Preprocess
-from postergenre.onnx_engine import load_for_inference
+from postergenre.inference import load_scorer
 from postergenre.predict import iter_image_paths, predict_paths
 
 
@@ -86,8 +86,8 @@ def main() -> None:
     batch_paths, lat_paths = paths[: a.n], paths[a.n:]
     configs = {
         "study": (lambda: StudyModel(25), 33),
-        "default-torch": (lambda: load_for_inference("default", "torch"), 32),
-        "default-onnx": (lambda: load_for_inference("default", "onnx"), 32),
+        "default-torch": (lambda: load_scorer("default", "torch"), 32),
+        "default-onnx": (lambda: load_scorer("default", "onnx"), 32),
     }
     rows = {}
     for name, (make, bs) in configs.items():

@@ -10,8 +10,8 @@ import torch
 
 from postergenre.images import load_rgb
 from postergenre.model import load_model
-from postergenre.onnx_engine import (EXPORT_ATOL, ExportError, OnnxModel, export_onnx, load_for_inference,
-                                     resolve_engine, sample_posters)
+from postergenre.inference import as_engine, load_scorer
+from postergenre.onnx_engine import EXPORT_ATOL, ExportError, OnnxModel, export_onnx, sample_posters
 from postergenre.predict import predict_paths
 
 from test_cli import poster_dir, run  # noqa: F401 - poster_dir is a fixture
@@ -44,8 +44,8 @@ def test_export_is_self_contained(default_export):
 
 def test_predict_same_results_with_both_engines(default_export):
     out, _ = default_export
-    torch_res = list(predict_paths(load_for_inference("default", "torch"), sample_posters()))
-    onnx_res = list(predict_paths(load_for_inference(out), sample_posters()))
+    torch_res = list(predict_paths(load_scorer("default", "torch"), sample_posters()))
+    onnx_res = list(predict_paths(load_scorer(out), sample_posters()))
     for a, b in zip(torch_res, onnx_res):
         assert a["predicted"] == b["predicted"]
         sa = {g["genre"]: g["score"] for g in a["genres"]}
@@ -55,14 +55,14 @@ def test_predict_same_results_with_both_engines(default_export):
 
 def test_auto_engine_exports_once_into_the_cache(tiny_model, tmp_path):
     m = load_model(tiny_model)
-    scorer = resolve_engine(m, "auto", cache_dir=tmp_path)
+    scorer = as_engine(m, "auto", cache_dir=tmp_path)
     assert isinstance(scorer, OnnxModel)
     files = list((tmp_path / "onnx").glob("*.onnx"))
     assert len(files) == 1 and not list((tmp_path / "onnx").glob(".*tmp"))
     mtime = files[0].stat().st_mtime_ns
-    resolve_engine(m, "auto", cache_dir=tmp_path)
+    as_engine(m, "auto", cache_dir=tmp_path)
     assert files[0].stat().st_mtime_ns == mtime  # reused, not re-exported
-    assert resolve_engine(m, "torch") is m
+    assert as_engine(m, "torch") is m
 
 
 def test_export_refuses_a_mismatch_and_leaves_no_file(tiny_model, tmp_path):

@@ -22,15 +22,13 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .errors import WeightsUnavailable  # noqa: F401 - re-exported
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # EfficientNet-Lite was trained on inputs scaled to [-1, 1].
 SYMMETRIC_MEAN = (0.5, 0.5, 0.5)
 SYMMETRIC_STD = (0.5, 0.5, 0.5)
-
-
-class WeightsUnavailable(RuntimeError):
-    """Pretrained weights for a backbone cannot be had (offline and no local file)."""
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def predict(
     """Print (or write) the genres of each poster."""
     from . import distributed
     from .formats import PREDICTION_FORMATS, STREAM_SUFFIXES, ResultStream, merge_shards, shard_path
-    from .onnx_engine import load_for_inference
+    from .inference import load_scorer
     from .predict import predict_paths
 
     final_output = output
@@ -93,7 +93,7 @@ def predict(
             raise ValueError(f"--format {fmt} does not match the output file {output.name}")
         if resume and not stream_kind:
             raise ValueError("--resume needs --output FILE.csv or FILE.jsonl")
-        m = load_for_inference(model, engine, device=device)
+        m = load_scorer(model, engine, device=device)
         rule = m.decision_rule("thresholds" if decision == "thresholds" else decision, top_k)
         if stream_kind:
             with ResultStream(output, m.genres, resume=resume) as out:
@@ -231,20 +231,15 @@ def evaluate(
     """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
     from .data import load_dataset
     from .formats import METRICS_FORMATS
-    from .model import load_model, read_split
-    from .onnx_engine import load_for_inference, resolve_engine
+    from .inference import load_scorer
+    from .model import read_split
     from .predict import evaluate_dataset
 
     try:
         if fmt not in METRICS_FORMATS:
             raise ValueError(f"unknown format {fmt!r}; choose {', '.join(METRICS_FORMATS)}")
         ds, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
-        if str(model).lower().endswith(".onnx"):
-            m = load_for_inference(model, engine)
-        else:
-            m = load_model(model)
-            if engine != "torch" and not (engine == "auto" and m.config.get("mode") == "frozen"):
-                m = resolve_engine(m, engine, cache_dir)
+        m = load_scorer(model, engine, cache_dir=cache_dir, features=True)
         if only_split:
             parts = read_split(model)
             if only_split not in parts:
@@ -354,11 +349,13 @@ def serve(
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, help="Largest accepted image (width x height)."),
 ):
     """Start the web page and HTTP API (FastAPI + uvicorn): open http://HOST:PORT/."""
-    from .onnx_engine import ENGINES
+    from .inference import check_engine
     from .serve import run_server
 
-    if engine not in ENGINES:
-        _fail(ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}"))
+    try:
+        check_engine(engine)
+    except _user_errors() as exc:
+        _fail(exc)
     run_server(host, port, model=model, engine=engine, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
 
 

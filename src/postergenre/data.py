@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .errors import DatasetError  # noqa: F401 - re-exported
 from .images import IMAGE_EXTENSIONS, ImageLoadError, file_digest, load_rgb
 
 ID_COLUMN = "Id"
@@ -22,10 +23,6 @@ TEXT_COLUMNS = {"Genre"}  # free-text columns in the study's CSV, not labels
 PLACEHOLDER_GENRES = {"N/A"}
 # Below this many positives a genre's F1/AP says little: the report flags it.
 MIN_POSITIVES_TO_JUDGE = 10
-
-
-class DatasetError(ValueError):
-    """The dataset cannot be used as it is; the message names the file, row or column."""
 
 
 @dataclass

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageLoadError  # noqa: F401 - re-exported
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Posters are a few hundred pixels a side; anything past this is refused as a likely bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -25,14 +27,6 @@ DEFAULT_MAX_PIXELS = 40_000_000
 def file_digest(data: bytes) -> str:
     """Content hash of an image file's bytes: keys the feature cache, finds duplicate posters."""
     return hashlib.sha1(data).hexdigest()
-
-
-class ImageLoadError(ValueError):
-    """A file could not be turned into an RGB image. ``str(err)`` names the file and the reason."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -22,6 +22,7 @@ from ._io import atomic_bytes, atomic_directory, atomic_file  # noqa: F401 - re-
 from .backbones import LoadedBackbone, build_backbone, get_spec
 from .calibration import Calibration
 from .decision import DecisionRule
+from .errors import ModelError  # noqa: F401 - re-exported
 from .images import Preprocess
 
 CONFIG_FILE = "config.json"
@@ -31,10 +32,6 @@ FORMAT_VERSION = 1
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 # Files a model directory may hold; anything that could carry code (pickles) is refused.
 _UNSAFE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz"}
-
-
-class ModelError(ValueError):
-    """A model directory is missing, damaged, unsafe or does not fit this version."""
 
 
 class Head(nn.Module):
@@ -102,6 +99,11 @@ class ConfigAccessors:
     def decision(self) -> DecisionRule:
         return DecisionRule(**self.config["decision"])
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the scores are calibrated probabilities (not raw sigmoid outputs)."""
+        return (self.config.get("calibration") or {}).get("kind", "identity") != "identity"
+
     def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
         """The model's rule, with ``kind``/``k`` overridden where given."""
         d = self.config["decision"]
@@ -110,6 +112,8 @@ class ConfigAccessors:
 
 class PosterGenreModel(nn.Module, ConfigAccessors):
     """Backbone + head. ``forward`` maps images ``(B, 3, H, W)`` to logits ``(B, G)``."""
+
+    engine = "torch"
 
     def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: dict):
         super().__init__()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -22,16 +21,12 @@ import torch
 from torch import nn
 
 from ._export import OPSET, export_module  # noqa: F401 - OPSET re-exported
+from .errors import ExportError  # noqa: F401 - re-exported
 from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4
-ENGINES = ("auto", "torch", "onnx")
 SAMPLES_DIR = Path(__file__).parent / "samples"
 METADATA_KEY = "postergenre"
-
-
-class ExportError(RuntimeError):
-    """The export could not be made, or ONNX Runtime does not reproduce PyTorch's scores."""
 
 
 class _Scores(nn.Module):
@@ -125,6 +120,8 @@ class OnnxModel(ConfigAccessors):
             raise ExportError(f"{self.path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
         self.config.setdefault("mode", "onnx")
 
+    engine = "onnx"
+
     @property
     def name(self) -> str:
         return self.config.get("name", self.path.stem)
@@ -143,41 +140,3 @@ def cached_export(model: PosterGenreModel, cache_dir: str | Path | None = None) 
     if not path.is_file():
         export_onnx(model, path)
     return path
-
-
-def resolve_engine(model, engine: str = "auto", cache_dir: str | Path | None = None):
-    """The scorer for ``engine``: the PyTorch model itself, or an :class:`OnnxModel` of it.
-
-    ``auto`` uses ONNX Runtime (exporting the model into the cache the first time) on CPU and
-    falls back to PyTorch, with a warning, if the export fails.
-    """
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
-    if isinstance(model, OnnxModel):
-        if engine == "torch":
-            raise ValueError(f"{model.path}: an .onnx model runs only with the onnx engine")
-        return model
-    on_gpu = next(model.head.parameters()).device.type != "cpu"
-    if engine == "torch" or (engine == "auto" and on_gpu):
-        return model
-    try:
-        return OnnxModel(cached_export(model, cache_dir))
-    except (ExportError, ImportError, RuntimeError) as exc:
-        if engine == "onnx":
-            raise
-        warnings.warn(f"ONNX engine unavailable, using PyTorch: {exc}", stacklevel=2)
-        return model
-
-
-def load_for_inference(model: str | Path | None = None, engine: str = "auto", device: str = "cpu",
-                       cache_dir: str | Path | None = None):
-    """A model directory (or "default") or an exported ``.onnx`` file, ready to score with ``engine``."""
-    if model is not None and str(model).lower().endswith(".onnx"):
-        if engine == "torch":
-            raise ValueError(f"{model}: an .onnx model runs only with the onnx engine")
-        if not Path(model).is_file():
-            raise ExportError(f"{model}: file not found")
-        return OnnxModel(model)
-    from .model import load_model
-
-    return resolve_engine(load_model(model, device=device), engine, cache_dir)

@@ -85,25 +85,35 @@ class ModelHolder:
     def __init__(self, model: str | None, engine: str):
         self.model_arg, self.engine = model, engine
         self.status, self.error = "loading", None
-        self.scorer = self.torch_model = None
+        self.scorer = self._torch_model = None
         self.ready = threading.Event()
+        self._lock = threading.Lock()
 
     def load(self) -> None:
-        from .model import load_model
-        from .onnx_engine import OnnxModel, load_for_inference, resolve_engine
+        from .inference import load_scorer
 
         try:
-            if str(self.model_arg).lower().endswith(".onnx"):
-                self.scorer = load_for_inference(self.model_arg, self.engine)
-            else:
-                self.torch_model = load_model(self.model_arg)
-                self.scorer = resolve_engine(self.torch_model, self.engine)
-            self.engine_used = "onnx" if isinstance(self.scorer, OnnxModel) else "torch"
+            self.scorer = load_scorer(self.model_arg, self.engine)
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - reported by /api/health, the server stays up
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
         finally:
             self.ready.set()
+
+    @property
+    def explainable(self) -> bool:
+        from .inference import is_onnx_path
+
+        return not is_onnx_path(self.model_arg)
+
+    def torch_model(self):
+        """The PyTorch model (Grad-CAM needs gradients): the scorer itself, or loaded on first use."""
+        from .model import PosterGenreModel, load_model
+
+        with self._lock:
+            if self._torch_model is None:
+                self._torch_model = self.scorer if isinstance(self.scorer, PosterGenreModel) else load_model(self.model_arg)
+            return self._torch_model
 
 
 def create_app(model: str | None = "default", engine: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
@@ -178,9 +188,8 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
         probabilities, and the package version."""
         body = {"status": holder.status, "version": __version__, "model": None, "engine": None}
         if holder.status == "ready":
-            cal = holder.scorer.config.get("calibration") or {}
-            body.update(model=holder.scorer.name, engine=holder.engine_used, genres=len(holder.scorer.genres),
-                        calibrated=cal.get("kind", "identity") != "identity")
+            body.update(model=holder.scorer.name, engine=holder.scorer.engine, genres=len(holder.scorer.genres),
+                        calibrated=holder.scorer.calibrated)
         if holder.error:
             body["error"] = holder.error
         return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)
@@ -219,7 +228,7 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
         """PNG: the poster with a Grad-CAM heatmap of what drove ``genre``'s score (header X-Score)."""
         if (r := not_ready()) is not None:
             return r
-        if holder.torch_model is None:
+        if not holder.explainable:
             return fail(422, "explanations need a PyTorch model directory, not an .onnx file")
         if genre not in holder.scorer.genres:
             return fail(422, f"unknown genre {genre!r}")
@@ -229,7 +238,7 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
         from .explain import explain_png
 
         def run():
-            return explain_png(holder.torch_model, load_rgb(data, name=name, max_pixels=max_pixels), genre)
+            return explain_png(holder.torch_model(), load_rgb(data, name=name, max_pixels=max_pixels), genre)
 
         try:
             png, s = await asyncio.get_running_loop().run_in_executor(pool, run)
