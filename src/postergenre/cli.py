@@ -163,23 +163,13 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train a model on a dataset in the study's layout and save it to --out."""
-    from .data import load_dataset
+    from .data import load_training_data
     from .train import DEFAULT_BACKBONE, Recipe
     from .train import train as run_train
 
     try:
-        # Every image is decoded (cheaply) before any long work, so a bad one stops the run now, not after extraction.
-        ds, report = load_dataset(data, labels, images, skip_bad=skip_bad, verify_images=True)
-        if report.skipped:
-            typer.secho(f"skipped {len(report.skipped)} poster(s): " + "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5])
-                        + (", ..." if len(report.skipped) > 5 else ""), fg=typer.colors.YELLOW, err=True)
-        if limit:
-            ds = ds.subset(range(min(limit, len(ds))))
-        extra_reports = []
-        for extra in extra_data or []:
-            ds, rep = _with_extra(ds, extra, data or labels, skip_bad)
-            extra_reports.append(rep)
-            typer.secho(rep.to_text(), err=True)
+        ds, extra_reports = load_training_data(data, labels, images, extra_data or [], skip_bad, limit,
+                                               log=lambda msg: typer.secho(msg, fg=typer.colors.YELLOW, err=True))
         size = _parse_size(image_size) if image_size else None
         recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
                         weight_decay=weight_decay, head=head, hidden=hidden, heads=heads, dropout=dropout, loss=loss, image_size=size,
@@ -200,16 +190,6 @@ def train(
     for part, key in (("validation", "validation_metrics"), ("test", "test_metrics")):
         if key in m.config:
             typer.echo(f"{part}: " + ", ".join(f"{k} {m.config[key][k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
-
-
-def _with_extra(ds, extra: Path, primary: Optional[Path], skip_bad: bool):
-    """``ds`` plus the posters of the dataset folder ``extra`` (see data.add_extra)."""
-    from .data import add_extra, load_dataset
-
-    extra_ds, report = load_dataset(extra, skip_bad=skip_bad, verify_images=True)
-    if report.skipped:
-        typer.secho(f"{extra}: skipped {len(report.skipped)} poster(s) with a missing or unreadable image", fg=typer.colors.YELLOW, err=True)
-    return add_extra(ds, extra_ds, extra.resolve().name, Path(primary).resolve().name if primary else "primary")
 
 
 @app.command()

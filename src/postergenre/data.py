@@ -320,3 +320,29 @@ def add_extra(base: PosterDataset, extra: PosterDataset, name: str, base_name: s
         (base.sources or [base_name] * len(base)) + [name] * len(keep),
     )
     return combined, report
+
+
+def load_training_data(data: str | Path | None = None, labels: str | Path | None = None, images: str | Path | None = None,
+                       extra: list[str | Path] = (), skip_bad: bool = False, limit: int | None = None,
+                       log=lambda message: None) -> tuple[PosterDataset, list[ExtraReport]]:
+    """The primary dataset (every image decoded once, so a bad one stops a run before any long
+    work), its first ``limit`` posters, plus each ``extra`` folder's new posters (:func:`add_extra`).
+
+    ``log(message)`` receives one line per skipped group of posters and per extra source.
+    """
+    ds, report = load_dataset(data, labels, images, skip_bad=skip_bad, verify_images=True)
+    if report.skipped:
+        shown = "; ".join(f"{k} ({v})" for k, v in list(report.skipped.items())[:5])
+        log(f"skipped {len(report.skipped)} poster(s): {shown}" + (", ..." if len(report.skipped) > 5 else ""))
+    if limit:
+        ds = ds.subset(range(min(limit, len(ds))))
+    primary = Path(data or labels).resolve().name if (data or labels) else "primary"
+    reports = []
+    for folder in extra:
+        extra_ds, extra_report = load_dataset(folder, skip_bad=skip_bad, verify_images=True)
+        if extra_report.skipped:
+            log(f"{folder}: skipped {len(extra_report.skipped)} poster(s) with a missing or unreadable image")
+        ds, rep = add_extra(ds, extra_ds, Path(folder).resolve().name, primary)
+        reports.append(rep)
+        log(rep.to_text())
+    return ds, reports
