@@ -32,7 +32,8 @@ from postergenre.decision import DecisionRule, tune_thresholds
 from postergenre.features import extract_features, make_loader
 from postergenre.images import Preprocess
 from postergenre.model import HEADS
-from postergenre.train import Recipe, fit_head, recipe_split
+from postergenre.loops import fit_head
+from postergenre.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1)
 

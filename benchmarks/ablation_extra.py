@@ -33,7 +33,8 @@ from postergenre.features import extract_features, row_layout
 from postergenre.images import Preprocess
 from postergenre.model import HEADS
 from postergenre.tail import TailNet, fit_tail, tail_logits
-from postergenre.train import BestEpoch, History, Recipe, _close_epoch, fit_head, recipe_split
+from postergenre.loops import BestEpoch, History, close_epoch, fit_head
+from postergenre.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1, batch_size=64)
 
@@ -134,7 +135,7 @@ def main() -> None:
             net = TailNet(b.module, split, head, tuned_from=len(b.module.net._blocks) - blocks)
             hist = History()
             fit_tail(net, rows, layout, y, None, tr, va, r, hist, torch.Generator().manual_seed(r.seed), BestEpoch(r.patience),
-                     _close_epoch, progress=True)
+                     close_epoch, progress=True)
             z = tail_logits(net, rows[va], layout)
             flipped = rows[va].copy()
             m = int(np.prod(layout["map"]))

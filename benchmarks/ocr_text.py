@@ -64,7 +64,8 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
     from postergenre.features import extract_features
     from postergenre.images import Preprocess
     from postergenre.model import HEADS
-    from postergenre.train import Recipe, fit_head
+    from postergenre.loops import fit_head
+    from postergenre.recipe import Recipe
 
     rows = {json.loads(l)["id"]: json.loads(l) for l in cache.read_text().splitlines() if l.strip()}
     idx = np.array([i for i in idx if ds.ids[i] in rows])

@@ -45,7 +45,7 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "model": model.name,
         "engine": type(model).__name__,
-        "input_size": model.config["preprocess"]["size"],
+        "input_size": list(model.preprocess.size),
         "n_posters": len(results),
         "errors": sum(r["error"] is not None for r in results),
         "seconds": round(seconds, 2),

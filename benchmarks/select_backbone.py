@@ -62,10 +62,10 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.time()
             m = train(ds, Recipe(backbone=name, seed=args.seed), Path(tmp) / "m", progress=False)
-            row = {"backbone": name, **{k: m.config["validation_metrics"][k] for k in KEYS},
+            row = {"backbone": name, **{k: m.config.training.validation_metrics[k] for k in KEYS},
                    "train_seconds_with_cache": round(time.time() - t, 1),
                    "forward_posters_per_s": round(extraction_speed(name, ds.paths), 1),
-                   "n_val": m.config["data"]["n_val"]}
+                   "n_val": m.config.training.data["n_val"]}
         rows.append(row)
         print(json.dumps(row), flush=True)
     meta = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu_count": os.cpu_count(), "seed": args.seed,

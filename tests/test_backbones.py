@@ -11,6 +11,7 @@ from postergenre.backbones import (
     available_backbones,
     build_backbone,
     get_spec,
+    load_filtered,
     weights_fingerprint,
 )
 
@@ -36,25 +37,6 @@ def test_registry_has_the_study_backbones():
     assert {n for n in expected if get_spec(n).offline} >= {"efficientnet_lite0", "efficientnet_lite2",
                                                              "mobilenet_v2", "resnet50_ssl", "pixels"}
     assert not get_spec("resnet50").offline
-
-
-def test_unknown_backbone():
-    with pytest.raises(KeyError, match="unknown backbone 'alexnet'"):
-        get_spec("alexnet")
-
-
-@pytest.mark.parametrize("name, dim", [("efficientnet_lite0", 1280), ("mobilenet_v2", 1280), ("resnet50_ssl", 2048)])
-def test_offline_backbones_load_package_weights(name, dim):
-    backbone = build_backbone(name, input_size=SMALL)
-    assert backbone.weights_origin == "package"
-    assert backbone.feature_dim == dim
-    assert len(backbone.weights_id) == 16 and backbone.weights_id not in ("none", "random init")
-    torch.manual_seed(0)
-    x = torch.randn(2, 3, *SMALL)
-    f = features_of(backbone, x)
-    assert tuple(f.shape) == (2, dim)
-    assert torch.isfinite(f).all()
-    assert not torch.allclose(f[0], f[1])  # different images, different features
 
 
 def test_lite0_weights_are_real_imagenet_weights():
@@ -133,6 +115,35 @@ def test_weights_file_with_wrong_shapes(tmp_path):
         build_backbone("resnet50_ssl", weights=path)
     with pytest.raises(WeightsUnavailable, match="do not fit"):
         build_backbone("efficientnet_lite0", weights=path)
+
+
+# The three builders that load weights share one filtered loader: each refuses a key the
+# architecture lacks and one it needs, but not the classifier it drops anyway.
+@pytest.mark.parametrize("name, arch, needed, dropped", [
+    ("resnet50", "resnet50", "conv1.weight", None),
+    ("resnet50_ssl", "resnet50_ssl", "conv1.weight", "fc.weight"),
+    ("efficientnet_lite0", "efficientnet-lite0", "_conv_stem.weight", "_fc.weight"),
+])
+def test_weights_with_a_missing_or_extra_key(name, arch, needed, dropped, resnet50_file):
+    good = get_spec(name).load_weights() if name == "efficientnet_lite0" else resnet50_file[1]
+    with pytest.raises(WeightsUnavailable, match=rf"do not fit {arch}: missing \['{needed}'\], unexpected \[\]"):
+        build_backbone(name, weights={k: v for k, v in good.items() if k != needed}, input_size=SMALL)
+    with pytest.raises(WeightsUnavailable, match=rf"do not fit {arch}: missing \[\], unexpected \['extra.weight'\]"):
+        build_backbone(name, weights={**good, "extra.weight": torch.zeros(1)}, input_size=SMALL)
+    if dropped is not None:
+        backbone = build_backbone(name, weights={k: v for k, v in good.items() if k != dropped}, input_size=SMALL)
+        assert backbone.weights_origin == "state dict"
+
+
+def test_load_filtered_ignores_only_the_given_prefixes():
+    net = torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 4))
+    sd = {k: torch.ones_like(v) for k, v in net.state_dict().items()}
+    load_filtered(net, {k: v for k, v in sd.items() if not k.startswith("1.")}, "toy", ignore=("1.",))
+    assert torch.equal(net[0].weight, torch.ones(3, 2)) and not torch.equal(net[1].weight, torch.ones(4, 3))
+    with pytest.raises(WeightsUnavailable, match=r"do not fit toy: missing \['1.weight', '1.bias'\]"):
+        load_filtered(net, {k: v for k, v in sd.items() if not k.startswith("1.")}, "toy")
+    with pytest.raises(WeightsUnavailable, match="do not fit toy: size mismatch for 0.weight"):
+        load_filtered(net, {**sd, "0.weight": torch.ones(2, 2)}, "toy", ignore=("1.",))
 
 
 def test_weights_file_with_wrong_keys_or_not_a_state_dict(tmp_path):

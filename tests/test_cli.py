@@ -171,6 +171,29 @@ def test_predict_missing_model(tmp_path, poster_dir):
     assert "Traceback" not in res.output
 
 
+@pytest.mark.parametrize("name", ["out.json", "out.csv"])  # written at once / streamed
+def test_predict_output_that_cannot_be_written(tiny_model, poster_dir, tmp_path, name):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")  # a file where the output's folder should be
+    res = run("predict", poster_dir / "action.jpg", "--model", tiny_model, "--output", blocker / name)
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {blocker / name}: cannot write it")
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("boom"), KeyError("boom"), ValueError("boom"), OSError("boom")])
+def test_an_internal_bug_is_not_reported_as_a_user_error(monkeypatch, tmp_path, exc):
+    """Only a PosterGenreError is the user's to fix (exit 2, one line); anything else is a bug
+    in postergenre and must reach the user with its traceback."""
+    import postergenre.batch
+
+    def broken(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(postergenre.batch, "run_predictions", broken)
+    res = run("predict", tmp_path)
+    assert res.exit_code != 2 and res.exception is exc
+    assert "error:" not in res.stderr
+
+
 def test_cli_as_a_process(tiny_model, poster_dir):
     exe = Path(sys.executable).with_name("postergenre")
     if not exe.exists():

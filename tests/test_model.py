@@ -36,7 +36,7 @@ def listing(folder):
 
 
 def test_config_has_required_fields(tiny_model):
-    cfg = read_config(tiny_model)
+    cfg = read_config(tiny_model).to_dict()
     for key in ("backbone", "preprocess", "genres", "decision", "recipe", "data", "validation_metrics",
                 "package_version", "weights_sha256"):
         assert key in cfg, key
@@ -91,7 +91,7 @@ def test_model_learnt_the_colour_code(loaded, tiny_model):
     assert [genres[i] for i in scores.argmax(1)] == genres
     # scores stay graded: a feature (nearly) constant in training must not saturate them
     assert scores.max() < 0.9999 and scores.min() > 1e-4
-    assert read_config(tiny_model)["validation_metrics"]["mAP"] > 0.8
+    assert read_config(tiny_model).to_dict()["validation_metrics"]["mAP"] > 0.8
 
 
 def test_save_load_round_trip(loaded, posters, tmp_path):
@@ -103,7 +103,7 @@ def test_save_load_round_trip(loaded, posters, tmp_path):
     after = again.predict_proba(posters)
     assert np.array_equal(before, after)
     assert again.genres == loaded.genres
-    assert again.config["decision"] == loaded.config["decision"]
+    assert again.config.decision == loaded.config.decision
     assert again.predict(posters) == [[g for g, m in zip(loaded.genres, row) if m] for row in loaded.decision.apply(before)]
 
 

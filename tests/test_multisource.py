@@ -137,7 +137,7 @@ def test_calibration_is_stored_used_and_exported(multi_model, tmp_path):
 
     out, ds = multi_model
     m = load_model(out)
-    cal = m.config["calibration"]
+    cal = m.config.calibration
     assert cal["kind"] == "platt" and len(cal["scale"]) == len(ds.genres)
     x = torch.stack([m.preprocess.load(p) for p in ds.paths[:4]])
     with torch.no_grad():
@@ -204,7 +204,7 @@ def test_cli_train_with_extra_data_reports_what_it_added(tiny_data, tmp_path, ca
                "--skip-bad", "-q")
     assert res.exit_code == 0, res.output
     assert "extra data extra: 8 of 8 posters added to training" in res.output
-    assert "--extra-data extra" in (out / "MODEL.md").read_text()
+    assert "- `extra`: 8 posters; 8 offered" in (out / "MODEL.md").read_text()
     assert json.loads((out / "config.json").read_text())["calibration"]["kind"] == "platt"
 
 
@@ -217,7 +217,7 @@ def test_head_ensemble_trains_saves_and_averages(tiny_data, cache_dir, tmp_path)
                      image_size=(64, 64)), out, cache_dir=cache_dir, progress=False)
     m = load_model(out)
     assert isinstance(m.head, Ensemble) and len(m.head.members) == 3
-    assert m.config["head"]["members"] == 3
+    assert m.config.head.members == 3
     first = m.head.members[0].net[1].weight
     assert not torch.equal(first, m.head.members[1].net[1].weight)  # different seeds
     f = torch.randn(2, m.backbone_info.feature_dim)
@@ -233,7 +233,7 @@ def test_tail_blocks_zero_tunes_only_the_head_convolution(tiny_data, cache_dir, 
     out = tmp_path / "t0"
     train(ds, Recipe(backbone="efficientnet_lite0", mode="tail", tail_blocks=0, epochs=2, tail_epochs=1, val_fraction=0.25,
                      seed=1, hidden=16, image_size=(64, 64)), out, cache_dir=cache_dir, progress=False)
-    assert load_model(out).config["backbone"]["tuned"] == ["net._conv_head.", "net._bn1."]
+    assert load_model(out).config.backbone.tuned == ["net._conv_head.", "net._bn1."]
     with pytest.raises(ValueError, match="--tail-blocks must be from 0 to 16"):
         train(ds, Recipe(backbone="efficientnet_lite0", mode="tail", tail_blocks=17, epochs=1, image_size=(64, 64)),
               tmp_path / "bad", cache_dir=cache_dir, progress=False)

@@ -39,7 +39,7 @@ def test_export_is_self_contained(default_export):
     m = OnnxModel(out)
     ref = load_model("default")
     assert m.genres == ref.genres and m.preprocess == ref.preprocess
-    assert m.decision == ref.decision and m.config["weights_sha256"] == ref.config["weights_sha256"]
+    assert m.decision == ref.decision and m.config.weights_sha256 == ref.config.weights_sha256
 
 
 def test_predict_same_results_with_both_engines(default_export):

@@ -75,6 +75,18 @@ def test_stream_option_errors(tiny_model, many, tmp_path):
     assert res.exit_code == 2 and "does not match" in res.stderr
 
 
+def test_run_predictions_reports_what_it_did(tiny_model, many, tmp_path):
+    from postergenre.batch import run_predictions
+
+    out = tmp_path / "out.jsonl"
+    first = run_predictions([many], tiny_model, output=out, engine="torch")
+    assert (first.done, first.failed, first.kept, first.written, first.streamed) == (N + 1, 1, None, out, True)
+    again = run_predictions([many], tiny_model, output=out, resume=True, engine="torch")
+    assert (again.done, again.failed, again.kept) == (0, 0, N + 1)
+    shown = run_predictions([many], tiny_model, fmt="json", engine="torch")
+    assert shown.written is None and len(json.loads(shown.text)) == N + 1
+
+
 def test_blocks_bound_the_work_in_flight(tiny_model, many, monkeypatch):
     """With blocks of 2 paths the results are the same, in the same order, as one block."""
     from postergenre.model import load_model

@@ -137,7 +137,7 @@ def retrained(tiny_ds, cache_dir, tiny_model, tmp_path_factory):
 
 
 def test_same_recipe_same_seed_same_results(tiny_model, retrained):
-    a, b = read_config(tiny_model), read_config(retrained)
+    a, b = read_config(tiny_model).to_dict(), read_config(retrained).to_dict()
     assert a["validation_metrics"] == b["validation_metrics"]
     assert a["decision"] == b["decision"]
     assert a["data"]["split_fingerprint"] == b["data"]["split_fingerprint"]
@@ -157,7 +157,7 @@ def test_split_is_saved_and_reproducible(tiny_model, tiny_ds):
     assert split["val"] == [tiny_ds.ids[i] for i in val_idx]
     assert not set(split["train"]) & set(split["val"])
     assert sorted(split["train"] + split["val"]) == sorted(tiny_ds.ids)
-    cfg = read_config(tiny_model)
+    cfg = read_config(tiny_model).to_dict()
     assert cfg["data"]["split_fingerprint"] == split_fingerprint(tiny_ds.ids, train_idx, val_idx)
     assert cfg["data"]["n_val"] == len(split["val"]) == 12
 
@@ -175,7 +175,7 @@ def test_history_files(tiny_model):
     assert float(rows[0]["train_loss"]) == pytest.approx(history[0]["train_loss"], rel=1e-5)
     with open(tiny_model / "iterations.csv") as f:
         its = list(csv.DictReader(f))
-    n_train = read_config(tiny_model)["data"]["n_train"]
+    n_train = read_config(tiny_model).to_dict()["data"]["n_train"]
     assert len(its) == n_epochs * math.ceil(n_train / 33)  # batch size 33
     assert all(float(r["train_loss"]) > 0 for r in its)
     # the loss goes down on this easy data
@@ -193,7 +193,7 @@ def test_finetune_one_epoch_on_cpu(tiny_ds, tmp_path):
     out = tmp_path / "ft"
     recipe = Recipe(mode="finetune", backbone="efficientnet_lite0", epochs=1, image_size=64, batch_size=8, workers=0)
     model = train(tiny_ds, recipe, out, progress=False)
-    cfg = read_config(out)
+    cfg = read_config(out).to_dict()
     assert cfg["mode"] == "finetune" and cfg["backbone"]["in_artifact"] is True
     assert cfg["preprocess"]["size"] == [64, 64]
     assert len(json.loads((out / "history.json").read_text())) == 1
@@ -221,7 +221,7 @@ def test_pixels_backbone_trains(tiny_ds, tmp_path):
     out = tmp_path / "px"
     train(tiny_ds, Recipe(backbone="pixels", epochs=3, val_fraction=0.25, hidden=32), out,
           cache_dir=tmp_path / "cache", progress=False)
-    cfg = read_config(out)
+    cfg = read_config(out).to_dict()
     assert cfg["backbone"]["name"] == "pixels" and cfg["backbone"]["weights_origin"] == "none"
     assert cfg["preprocess"]["size"] == [48, 48]
     model = load_model(out)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+from .errors import OutputError
 
 
 def default_cache_dir() -> Path:
@@ -60,3 +63,15 @@ def atomic_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Turns an ``OSError`` raised while writing ``path`` (a file the user named: no space, no
+    permission, a file where a folder should be) into an :class:`OutputError` naming it."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write it ({exc.strerror or exc})") from exc

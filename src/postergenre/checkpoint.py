@@ -7,7 +7,7 @@ A checkpoint is a directory ``<root>/epoch-NNNN/``. It holds two files:
 - ``state.json``: the epoch, the history, the optimizer's settings, the scheduler, the
   early-stopping counters and the run's fingerprint.
 
-Each directory is filled under a temp name and renamed into place (``model.atomic_directory``),
+Each directory is filled under a temp name and renamed into place (``_io.atomic_directory``),
 so a directory named ``epoch-NNNN`` is always complete. Older ones are deleted only after the
 new one has landed. No pickle is written or read. A checkpoint from a different run (recipe,
 data, split) is refused rather than mixed in.
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import UsageError
 
 _EPOCH_DIR = re.compile(r"^epoch-(\d{4,})$")
 
@@ -44,7 +46,7 @@ class Checkpoints:
 
         if not self.writer:
             return
-        from .model import atomic_directory
+        from ._io import atomic_directory
 
         tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         opt_sd = opt.state_dict()
@@ -90,9 +92,9 @@ class Checkpoints:
             state = json.loads((path / "state.json").read_text())
             tensors = load_file(str(path / "tensors.safetensors"))
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path}: damaged checkpoint ({exc}); delete {self.root} to start over") from None
+            raise UsageError(f"{path}: damaged checkpoint ({exc}); delete {self.root} to start over") from None
         if state.get("fingerprint") != self.fingerprint:
-            raise ValueError(f"{self.root}: the checkpoints are from a different run (recipe, data or split); "
+            raise UsageError(f"{self.root}: the checkpoints are from a different run (recipe, data or split); "
                              "delete them or train without --resume")
         module.load_state_dict({k[len("module."):]: v for k, v in tensors.items() if k.startswith("module.")})
         opt_state = {}

@@ -20,7 +20,9 @@ from pathlib import Path
 from . import metrics as M
 from .backbones import WeightsUnavailable, build_backbone, get_spec
 from .data import PosterDataset, split_indices
-from .model import atomic_file, load_model
+from .errors import UsageError
+from ._io import atomic_file
+from .model import load_model
 from .predict import evaluate_dataset, predict_paths, score_paths
 from .train import Recipe, train
 
@@ -138,59 +140,62 @@ def compare(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     train_idx, test_idx = split_indices(dataset.labels, cfg.test_fraction, cfg.seed)
-    meta = {"config": asdict(cfg), "n_train": len(train_idx), "n_test": len(test_idx),
-            "test_ids": [dataset.ids[i] for i in test_idx]}
-    rows = _read_rows(out / "results.csv") if resume else {}
-    if resume and (out / "compare.json").is_file():
-        old = json.loads((out / "compare.json").read_text())
-        if old.get("test_ids") != meta["test_ids"]:
-            raise ValueError(f"{out}: --resume with a different split or dataset than the interrupted run")
-    atomic_file(out / "compare.json", json.dumps(meta, indent=1) + "\n")
+    rows = _start(out, cfg, dataset, train_idx, test_idx, resume)
     train_set, test_set = dataset.subset(train_idx), dataset.subset(test_idx)
-    y_train = train_set.labels
-
     for name in cfg.backbones:
         get_spec(name)  # unknown names fail before any work
     for name in cfg.backbones:
         if name in rows and rows[name]["status"] == "ok":
             log(f"{name}: done already (resume)")
             continue
-        study = STUDY_ACCURACY.get(name)
-        weights = cfg.weights.get(name)
-        try:
-            origin = build_backbone(name, weights=weights, allow_random_init=cfg.allow_random_init).weights_origin
-        except WeightsUnavailable as exc:
-            rows[name] = {"backbone": name, "status": "no pretrained weights: not trained", "weights": str(exc), "study_accuracy": study}
-            log(f"{name}: skipped ({exc})")
-            write_tables(out, rows, cfg, len(train_idx), len(test_idx))
-            continue
-        log(f"{name}: training ({cfg.mode}, weights: {origin})")
-        recipe = Recipe(backbone=name, mode=cfg.mode, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                        image_size=cfg.image_size, seed=cfg.seed)
-        model_dir = out / "models" / name
-        t = time.time()
-        model = train(train_set, recipe, model_dir, cache_dir=cache_dir, weights=weights,
-                      allow_random_init=cfg.allow_random_init, progress=progress,
-                      monitor=("test", test_set))
-        seconds = time.time() - t
-        m_test = evaluate_dataset(model, test_set, cache_dir=cache_dir)
-        s_train, _ = score_paths(model, train_set.paths, cache_dir)
-        rows[name] = {
-            "backbone": name, "status": "ok",
-            "weights": "random init" if origin == "random init" else get_spec(name).weight_source if origin == "package" else origin,
-            "test_micro_recall_at_3": m_test["micro_recall_at_3"], "study_accuracy": study,
-            "train_micro_recall_at_3": M.micro_recall_at_k(y_train, s_train, 3),
-            "test_precision_at_3": m_test["precision_at_3"], "test_mAP": m_test["mAP"],
-            "test_micro_f1": m_test["micro_f1"], "test_macro_f1": m_test["macro_f1"],
-            "test_hamming_loss": m_test["hamming_loss"], "test_subset_accuracy": m_test["subset_accuracy"],
-            "train_seconds": seconds,
-            "inference_posters_per_s": _inference_speed(model_dir, test_set.paths, cfg.speed_posters),
-            "epochs_run": len(json.loads((model_dir / "history.json").read_text())),
-        }
-        atomic_file(model_dir / "test_metrics.json", json.dumps(m_test, indent=1) + "\n")
+        rows[name] = _compare_one(name, cfg, train_set, test_set, out, cache_dir, progress, log)
         write_tables(out, rows, cfg, len(train_idx), len(test_idx))
-        log(f"{name}: test micro recall@3 {m_test['micro_recall_at_3']:.4f}, mAP {m_test['mAP']:.4f}")
-
     report.write_figures(out, [n for n in cfg.backbones if rows.get(n, {}).get("status") == "ok"],
                          rows, train_set, new_posters or [])
     return rows
+
+
+def _start(out: Path, cfg: CompareConfig, dataset: PosterDataset, train_idx, test_idx, resume: bool) -> dict[str, dict]:
+    """Record the run (compare.json); the rows of an interrupted run of the same split with ``resume``."""
+    meta = {"config": asdict(cfg), "n_train": len(train_idx), "n_test": len(test_idx),
+            "test_ids": [dataset.ids[i] for i in test_idx]}
+    rows = _read_rows(out / "results.csv") if resume else {}
+    if resume and (out / "compare.json").is_file():
+        old = json.loads((out / "compare.json").read_text())
+        if old.get("test_ids") != meta["test_ids"]:
+            raise UsageError(f"{out}: --resume with a different split or dataset than the interrupted run")
+    atomic_file(out / "compare.json", json.dumps(meta, indent=1) + "\n")
+    return rows
+
+
+def _compare_one(name: str, cfg: CompareConfig, train_set: PosterDataset, test_set: PosterDataset, out: Path,
+                 cache_dir, progress: bool, log) -> dict:
+    """Train backbone ``name`` under the protocol and score it: its row of the table."""
+    study = STUDY_ACCURACY.get(name)
+    weights = cfg.weights.get(name)
+    try:
+        origin = build_backbone(name, weights=weights, allow_random_init=cfg.allow_random_init).weights_origin
+    except WeightsUnavailable as exc:
+        log(f"{name}: skipped ({exc})")
+        return {"backbone": name, "status": "no pretrained weights: not trained", "weights": str(exc), "study_accuracy": study}
+    log(f"{name}: training ({cfg.mode}, weights: {origin})")
+    recipe = Recipe(backbone=name, mode=cfg.mode, epochs=cfg.epochs, batch_size=cfg.batch_size, image_size=cfg.image_size,
+                    seed=cfg.seed, weights=weights, allow_random_init=cfg.allow_random_init)
+    model_dir = out / "models" / name
+    t = time.time()
+    model = train(train_set, recipe, model_dir, cache_dir=cache_dir, progress=progress, monitor=("test", test_set))
+    seconds = time.time() - t
+    m_test = evaluate_dataset(model, test_set, cache_dir=cache_dir)
+    s_train, _ = score_paths(model, train_set.paths, cache_dir)
+    atomic_file(model_dir / "test_metrics.json", json.dumps(m_test, indent=1) + "\n")
+    log(f"{name}: test micro recall@3 {m_test['micro_recall_at_3']:.4f}, mAP {m_test['mAP']:.4f}")
+    return {
+        "backbone": name, "status": "ok",
+        "weights": "random init" if origin == "random init" else get_spec(name).weight_source if origin == "package" else origin,
+        "test_micro_recall_at_3": m_test["micro_recall_at_3"], "study_accuracy": study,
+        "train_micro_recall_at_3": M.micro_recall_at_k(train_set.labels, s_train, 3),
+        **{f"test_{k}": m_test[k] for k in ("precision_at_3", "mAP", "micro_f1", "macro_f1", "hamming_loss", "subset_accuracy")},
+        "train_seconds": seconds,
+        "inference_posters_per_s": _inference_speed(model_dir, test_set.paths, cfg.speed_posters),
+        "epochs_run": len(json.loads((model_dir / "history.json").read_text())),
+    }

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import DatasetError  # noqa: F401 - re-exported
+from .errors import DatasetError, UsageError  # noqa: F401 - DatasetError re-exported
 from .images import IMAGE_EXTENSIONS, ImageLoadError, file_digest, load_rgb
 
 ID_COLUMN = "Id"
@@ -251,7 +251,7 @@ def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[
     ``iterative-stratification`` package).
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"split fraction must be between 0 and 1, got {test_fraction}")
+        raise UsageError(f"split fraction must be between 0 and 1, got {test_fraction}")
     if len(labels) < 2:
         raise DatasetError("need at least 2 posters to split")
     from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit

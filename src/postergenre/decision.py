@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import UsageError
+
 DECISIONS = ("top_k", "thresholds")
 
 
@@ -30,11 +32,11 @@ class DecisionRule:
 
     def __post_init__(self):
         if self.kind not in DECISIONS:
-            raise ValueError(f"unknown decision rule {self.kind!r}; choose one of {', '.join(DECISIONS)}")
+            raise UsageError(f"unknown decision rule {self.kind!r}; choose one of {', '.join(DECISIONS)}")
         if self.k < 1:
-            raise ValueError(f"top-k must be at least 1, got {self.k}")
+            raise UsageError(f"top-k must be at least 1, got {self.k}")
         if self.kind == "thresholds" and self.thresholds is None:
-            raise ValueError("this model has no tuned thresholds; use the top_k decision")
+            raise UsageError("this model has no tuned thresholds; use the top_k decision")
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
         scores = np.atleast_2d(np.asarray(scores, dtype=np.float64))

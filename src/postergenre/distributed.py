@@ -19,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 
+from .errors import UsageError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -77,7 +79,7 @@ def parse_shard(text: str) -> tuple[int, int]:
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
+        raise UsageError(f"--shard must look like I/N (e.g. 0/4), not {text!r}") from None
     if not (n >= 1 and 0 <= i < n):
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
+        raise UsageError(f"--shard {text}: need 0 <= I < N")
     return i, n

@@ -44,3 +44,10 @@ class ExportError(PosterGenreError, RuntimeError):
 
 class OutputError(PosterGenreError, OSError):
     """A file the user asked for cannot be written (or an input file cannot be opened)."""
+
+
+class UnknownName(UsageError, KeyError):
+    """A name (backbone, genre, ...) that is not among the known ones; the message lists them."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

@@ -8,19 +8,21 @@ Needs the PyTorch model (ONNX Runtime computes no gradients).
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from .errors import UsageError
 from .model import PosterGenreModel
 
 
 def last_conv(module: nn.Module) -> nn.Module:
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
-        raise ValueError("this backbone has no convolution to explain (e.g. 'pixels')")
+        raise UsageError("this backbone has no convolution to explain (e.g. 'pixels')")
     return convs[-1]
 
 
@@ -30,7 +32,7 @@ def gradcam(model: PosterGenreModel, image: Image.Image, genre: str) -> tuple[np
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     if genre not in model.genres:
-        raise ValueError(f"unknown genre {genre!r}; the model knows: {', '.join(model.genres)}")
+        raise UsageError(f"unknown genre {genre!r}; the model knows: {', '.join(model.genres)}")
     g = model.genres.index(genre)
     model = model.cpu().eval()
     x = model.preprocess(image).unsqueeze(0)
@@ -57,3 +59,12 @@ def explain_png(model: PosterGenreModel, image: Image.Image, genre: str) -> tupl
     buf = io.BytesIO()
     overlay(image, heat).save(buf, format="PNG")
     return buf.getvalue(), score
+
+
+def explain_poster(model: str | Path | None, poster: str | Path, genre: str) -> tuple[bytes, float]:
+    """``postergenre explain`` as one call: :func:`explain_png` for the poster file ``poster``
+    under the model directory ``model`` (``None``/"default": the built-in model)."""
+    from .images import load_rgb
+    from .model import load_model
+
+    return explain_png(load_model(model), load_rgb(poster), genre)

@@ -1,4 +1,5 @@
-"""Output formats for prediction results and metrics. One entry per format in each registry."""
+"""Output formats for prediction results and metrics (one entry per format in each registry), the
+streamed ``.csv``/``.jsonl`` result file and its shards."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Callable
 
+from ._io import atomic_file, writing
+from .errors import UsageError
 from .metrics import SUMMARY_KEYS
 
 
@@ -75,18 +78,19 @@ class ResultStream:
         self.path = Path(path)
         self.kind = STREAM_SUFFIXES.get(self.path.suffix.lower())
         if self.kind is None:
-            raise ValueError(f"{self.path}: streamed output must end in {' or '.join(STREAM_SUFFIXES)}")
+            raise UsageError(f"{self.path}: streamed output must end in {' or '.join(STREAM_SUFFIXES)}")
         self.genres = sorted(genres)
         self.done: set[str] = set()
         self.written = 0
-        if resume and self.path.is_file() and self.path.stat().st_size:
-            self._read_done()
-            self.f = self.path.open("a", encoding="utf-8", newline="")
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.f = self.path.open("w", encoding="utf-8", newline="")
-            if self.kind == "csv":
-                csv.writer(self.f, lineterminator="\n").writerow(_csv_header(self.genres))
+        with writing(self.path):
+            if resume and self.path.is_file() and self.path.stat().st_size:
+                self._read_done()
+                self.f = self.path.open("a", encoding="utf-8", newline="")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.f = self.path.open("w", encoding="utf-8", newline="")
+                if self.kind == "csv":
+                    csv.writer(self.f, lineterminator="\n").writerow(_csv_header(self.genres))
         self._csv = csv.writer(self.f, lineterminator="\n")
 
     def _read_done(self) -> None:
@@ -99,27 +103,31 @@ class ResultStream:
         if self.kind == "csv":
             rows = list(csv.reader(io.StringIO(text)))
             if not rows or rows[0] != _csv_header(self.genres):
-                raise ValueError(f"{self.path}: cannot resume, its header is not this model's (path, predicted, error, then its genres)")
+                raise UsageError(f"{self.path}: cannot resume, its header is not this model's (path, predicted, error, then its genres)")
             self.done = {row[0] for row in rows[1:] if row}
         else:
             for n, line in enumerate(text.splitlines(), 1):
                 try:
                     self.done.add(json.loads(line)["path"])
                 except (ValueError, KeyError, TypeError):
-                    raise ValueError(f"{self.path}: cannot resume, line {n} is not a prediction result") from None
+                    raise UsageError(f"{self.path}: cannot resume, line {n} is not a prediction result") from None
 
     def write(self, r: dict) -> None:
-        if self.kind == "csv":
-            self._csv.writerow(_csv_row(r, self.genres))
-        else:
-            self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        self.f.flush()
+        with writing(self.path):
+            if self.kind == "csv":
+                self._csv.writerow(_csv_row(r, self.genres))
+            else:
+                self.f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            self.f.flush()
         self.written += 1
 
     def close(self) -> None:
-        self.f.flush()
-        os.fsync(self.f.fileno())
-        self.f.close()
+        with writing(self.path):
+            try:
+                self.f.flush()
+                os.fsync(self.f.fileno())
+            finally:
+                self.f.close()
 
     def __enter__(self) -> "ResultStream":
         return self
@@ -156,33 +164,31 @@ def merge_shards(path: str | Path, remove: bool = True) -> tuple[Path, int]:
     poster path, written atomically; returns (path, rows). Missing shards are an error."""
     import re
 
-    from .model import atomic_file
-
     path = Path(path)
     kind = STREAM_SUFFIXES.get(path.suffix.lower())
     if kind is None:
-        raise ValueError(f"{path}: can merge only {' or '.join(STREAM_SUFFIXES)} outputs")
+        raise UsageError(f"{path}: can merge only {' or '.join(STREAM_SUFFIXES)} outputs")
     pattern = re.compile(re.escape(path.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(path.suffix) + "$")
     found = {}
     for f in path.parent.glob(f"{path.stem}.shard-*{path.suffix}"):
         if m := pattern.match(f.name):
             found.setdefault(int(m.group(2)), {})[int(m.group(1))] = f
     if len(found) != 1:
-        raise ValueError(f"{path}: expected the shards of one run next to it, found {sum(map(len, found.values()))} "
+        raise UsageError(f"{path}: expected the shards of one run next to it, found {sum(map(len, found.values()))} "
                          f"file(s) for {sorted(found) or 'no'} shard count(s)")
     (n, shards), = found.items()
     missing = sorted(set(range(n)) - set(shards))
     if missing:
-        raise ValueError(f"{path}: shard(s) {', '.join(map(str, missing))} of {n} are missing")
+        raise UsageError(f"{path}: shard(s) {', '.join(map(str, missing))} of {n} are missing")
     header, rows = None, []
     for i in range(n):
         text = shards[i].read_text(encoding="utf-8")
         if not text.endswith("\n") and text:
-            raise ValueError(f"{shards[i]}: its last row is cut (the shard did not finish); rerun it with --resume")
+            raise UsageError(f"{shards[i]}: its last row is cut (the shard did not finish); rerun it with --resume")
         lines = text.splitlines()
         if kind == "csv":
             if header is not None and lines[:1] != [header]:
-                raise ValueError(f"{shards[i]}: its header differs from shard 0's (another model?)")
+                raise UsageError(f"{shards[i]}: its header differs from shard 0's (another model?)")
             header, lines = lines[0], lines[1:]
         rows += lines
     if kind == "csv":
@@ -190,7 +196,8 @@ def merge_shards(path: str | Path, remove: bool = True) -> tuple[Path, int]:
         order = sorted(range(len(rows)), key=lambda k: parsed[k][0])
     else:
         order = sorted(range(len(rows)), key=lambda k: json.loads(rows[k])["path"])
-    atomic_file(path, "".join(f"{line}\n" for line in ([header] if header else []) + [rows[k] for k in order]))
+    with writing(path):
+        atomic_file(path, "".join(f"{line}\n" for line in ([header] if header else []) + [rows[k] for k in order]))
     if remove:
         for f in shards.values():
             f.unlink()

@@ -77,7 +77,7 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
     from .model import load_model
 
     torch_model = load_model(model, device=device)
-    if features and engine == "auto" and torch_model.config.get("mode") == "frozen":
+    if features and engine == "auto" and torch_model.config.mode == "frozen":
         return torch_model
     return as_engine(torch_model, engine, cache_dir)
 

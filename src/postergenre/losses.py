@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import UsageError
+
 
 class _Elementwise(nn.Module):
     """Mean of a per-label loss over the known labels: ``forward(logits, target, known=None)``,
@@ -38,7 +40,7 @@ class _Unmaskable(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
         if known is not None and not bool(known.all()):
-            raise ValueError(f"loss {self.name!r} cannot leave out unknown labels (a dataset lacks a genre); use bce")
+            raise UsageError(f"loss {self.name!r} cannot leave out unknown labels (a dataset lacks a genre); use bce")
         return self.loss(logits, target)
 
 
@@ -71,5 +73,5 @@ LOSSES: dict[str, Callable[[np.ndarray], nn.Module]] = {
 def build_loss(name: str, y_train: np.ndarray) -> nn.Module:
     """The loss ``name``: a module called as ``loss(logits (B, G), target (B, G), known=None)``."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
+        raise UsageError(f"unknown loss {name!r}: choose one of {', '.join(LOSSES)}")
     return LOSSES[name](np.asarray(y_train, dtype=np.float64))

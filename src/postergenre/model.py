@@ -18,9 +18,10 @@ import torch
 from torch import nn
 
 from . import __version__
-from ._io import atomic_bytes, atomic_directory, atomic_file  # noqa: F401 - re-exported: older imports
+from ._io import atomic_directory
 from .backbones import LoadedBackbone, build_backbone, get_spec
 from .calibration import Calibration
+from .config import FORMAT_VERSION, BackboneConfig, HeadConfig, ModelConfig
 from .decision import DecisionRule
 from .errors import ModelError  # noqa: F401 - re-exported
 from .images import Preprocess
@@ -28,7 +29,6 @@ from .images import Preprocess
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "MODEL.md"
-FORMAT_VERSION = 1
 DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
 # Files a model directory may hold; anything that could carry code (pickles) is refused.
 _UNSAFE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz"}
@@ -83,31 +83,35 @@ def build_head(kind: str, in_dim: int, n_out: int, hidden: int = 0, dropout: flo
 
 
 class ConfigAccessors:
-    """What every scorer (PyTorch model, ONNX Runtime model) reads from its ``config`` dict."""
+    """What every scorer (PyTorch model, ONNX Runtime model) reads from its :class:`ModelConfig`."""
 
-    config: dict
+    config: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
 
     @property
     def genres(self) -> list[str]:
-        return list(self.config["genres"])
+        return list(self.config.genres)
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_dict(self.config["preprocess"])
+        return self.config.preprocess
 
     @property
     def decision(self) -> DecisionRule:
-        return DecisionRule(**self.config["decision"])
+        return self.config.decision
 
     @property
     def calibrated(self) -> bool:
         """Whether the scores are calibrated probabilities (not raw sigmoid outputs)."""
-        return (self.config.get("calibration") or {}).get("kind", "identity") != "identity"
+        return self.config.calibrated
 
     def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
         """The model's rule, with ``kind``/``k`` overridden where given."""
-        d = self.config["decision"]
-        return DecisionRule(kind or d["kind"], k or d["k"], d.get("thresholds"))
+        d = self.config.decision
+        return DecisionRule(kind or d.kind, k or d.k, d.thresholds)
 
 
 class PosterGenreModel(nn.Module, ConfigAccessors):
@@ -115,22 +119,19 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
 
     engine = "torch"
 
-    def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: dict):
+    def __init__(self, backbone: LoadedBackbone, head: nn.Module, config: ModelConfig):
         super().__init__()
         self.backbone_info = backbone
         self.backbone = backbone.module
         self.head = head
         self.config = config
-        self.calibration = Calibration.from_dict(config["calibration"]) if config.get("calibration") else Calibration(len(config["genres"]))
+        cal = config.calibration
+        self.calibration = Calibration.from_dict(cal) if cal else Calibration(len(config.genres))
 
     def set_calibration(self, calibration: Calibration) -> None:
         """Use ``calibration`` from now on (and record it in the config, which is what is saved)."""
         self.calibration = calibration
-        self.config["calibration"] = calibration.to_dict()
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name", self.config["backbone"]["name"])
+        self.config.calibration = calibration.to_dict()
 
     # --- inference -------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -168,8 +169,8 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
     # --- persistence -----------------------------------------------------------------------
     def state_for_saving(self) -> dict[str, torch.Tensor]:
         tensors = {f"head.{k}": v for k, v in self.head.state_dict().items()}
-        tuned = tuple(self.config["backbone"].get("tuned", []))
-        if self.config["backbone"]["in_artifact"]:
+        tuned = tuple(self.config.backbone.tuned)
+        if self.config.backbone.in_artifact:
             tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items()})
         elif tuned:  # only the trained blocks travel; the rest is re-read from the weights package
             tensors.update({f"backbone.{k}": v for k, v in self.backbone.state_dict().items() if k.startswith(tuned)})
@@ -181,9 +182,8 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
 
         def write(tmp: Path) -> None:
             save_file(self.state_for_saving(), str(tmp / WEIGHTS_FILE))
-            cfg = dict(self.config, weights_sha256=_sha256(tmp / WEIGHTS_FILE), package_version=__version__)
-            (tmp / CONFIG_FILE).write_text(json.dumps(cfg, indent=2) + "\n")
-            self.config = cfg
+            self.config.weights_sha256, self.config.package_version = _sha256(tmp / WEIGHTS_FILE), __version__
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             if card is not None:
                 (tmp / CARD_FILE).write_text(card)
             for name, text in (extra_files or {}).items():
@@ -206,14 +206,20 @@ def resolve_model_path(model: str | Path | None) -> Path:
     return Path(model)
 
 
-def read_config(model_dir: str | Path) -> dict:
+def read_config(model_dir: str | Path | None) -> ModelConfig:
+    """The :class:`ModelConfig` of a model directory (``None``/"default": the built-in model)."""
     model_dir = resolve_model_path(model_dir)
     path = model_dir / CONFIG_FILE
     if not model_dir.is_dir():
         raise ModelError(f"{model_dir}: model directory not found")
     if not path.is_file():
         raise ModelError(f"{model_dir}: not a postergenre model (no {CONFIG_FILE})")
-    return _read_json(path, "config")
+    cfg = ModelConfig.from_dict(_read_json(path, "config"), str(path))
+    if cfg.format_version != FORMAT_VERSION:
+        raise ModelError(f"{model_dir}: model format {cfg.format_version!r} is not supported (expected {FORMAT_VERSION})")
+    if cfg.backbone is None or cfg.head is None:
+        raise ModelError(f"{path}: malformed model config (no backbone or head)")
+    return cfg
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -237,68 +243,80 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
     Refuses directories holding pickles, configs that point outside the directory, weights
     whose checksum or shapes do not match the config.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     model_dir = resolve_model_path(model_dir)
-    if model_dir.is_dir():
-        outside = sorted(p.name for p in model_dir.iterdir()
-                         if p.is_symlink() and not p.resolve().is_relative_to(model_dir.resolve()))
-        if outside:
-            raise ModelError(f"{model_dir}: refusing a model directory whose files point outside it ({', '.join(outside)})")
+    _check_directory(model_dir)
     cfg = read_config(model_dir)
+    weights = model_dir / WEIGHTS_FILE
+    tensors = _read_weights(weights, cfg)
+    backbone = _load_backbone(cfg, tensors, weights, backbone_weights)
+    head = _load_head(cfg, backbone.feature_dim, tensors, weights)
+    try:
+        return PosterGenreModel(backbone, head, cfg).to(device).eval()
+    except ValueError as exc:
+        raise ModelError(f"{model_dir / CONFIG_FILE}: bad calibration ({exc})") from None
+
+
+def _check_directory(model_dir: Path) -> None:
+    if not model_dir.is_dir():
+        return  # read_config names the problem
+    outside = sorted(p.name for p in model_dir.iterdir()
+                     if p.is_symlink() and not p.resolve().is_relative_to(model_dir.resolve()))
+    if outside:
+        raise ModelError(f"{model_dir}: refusing a model directory whose files point outside it ({', '.join(outside)})")
     unsafe = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in _UNSAFE_SUFFIXES)
     if unsafe:
         raise ModelError(f"{model_dir}: refusing a model directory that holds pickle-capable files ({', '.join(unsafe)}); only safetensors and JSON are read")
-    if cfg.get("format_version") != FORMAT_VERSION:
-        raise ModelError(f"{model_dir}: model format {cfg.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-    weights = model_dir / WEIGHTS_FILE
+
+
+def _read_weights(weights: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     if not weights.is_file():
-        raise ModelError(f"{model_dir}: {WEIGHTS_FILE} is missing")
-    if cfg.get("weights_sha256") and _sha256(weights) != cfg["weights_sha256"]:
+        raise ModelError(f"{weights.parent}: {WEIGHTS_FILE} is missing")
+    if cfg.weights_sha256 and _sha256(weights) != cfg.weights_sha256:
         raise ModelError(f"{weights}: checksum does not match config.json (file damaged or replaced)")
     try:
-        tensors = load_file(str(weights))
+        return load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise ModelError(f"{weights}: not a readable safetensors file ({exc})") from None
 
-    bcfg = cfg["backbone"]
-    pp = Preprocess.from_dict(cfg["preprocess"])
+
+def _load_backbone(cfg: ModelConfig, tensors: dict, weights: Path, backbone_weights) -> LoadedBackbone:
+    """The backbone: rebuilt from the artifact's own weights, or from the package's plus the tuned blocks."""
+    b = cfg.backbone
     try:
-        if bcfg["in_artifact"]:
-            backbone = build_backbone(bcfg["name"], input_size=pp.size, pretrained=False)
-            sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
-            try:
-                backbone.module.load_state_dict(sd, strict=True)
-            except RuntimeError as exc:
-                raise ModelError(f"{weights}: backbone weights do not fit {bcfg['name']!r} ({str(exc).splitlines()[0]})") from None
-            backbone.weights_id, backbone.weights_origin = bcfg["weights_id"], bcfg["weights_origin"]
-        else:
-            backbone = build_backbone(bcfg["name"], weights=backbone_weights, input_size=pp.size)
-            if backbone.weights_id != bcfg["weights_id"]:
-                raise ModelError(
-                    f"{model_dir}: the installed weights of backbone {bcfg['name']!r} ({backbone.weights_id}) "
-                    f"differ from those the model was trained with ({bcfg['weights_id']})"
-                )
-            _load_tuned(backbone.module, tensors, tuple(bcfg.get("tuned", [])), weights)
+        if not b.in_artifact:
+            backbone = build_backbone(b.name, weights=backbone_weights, input_size=cfg.preprocess.size)
+            if backbone.weights_id != b.weights_id:
+                raise ModelError(f"{weights.parent}: the installed weights of backbone {b.name!r} ({backbone.weights_id}) "
+                                 f"differ from those the model was trained with ({b.weights_id})")
+            _load_tuned(backbone.module, tensors, tuple(b.tuned), weights)
+            return backbone
+        backbone = build_backbone(b.name, input_size=cfg.preprocess.size, pretrained=False)
     except KeyError as exc:
-        raise ModelError(f"{model_dir}: {exc.args[0]}") from None
-    hcfg = cfg["head"]
+        raise ModelError(f"{weights.parent}: {exc.args[0]}") from None
+    sd = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
     try:
-        head = build_head(hcfg["kind"], backbone.feature_dim, len(cfg["genres"]), hcfg.get("hidden", 0),
-                          hcfg.get("dropout", 0.0), hcfg.get("members", 1))
+        backbone.module.load_state_dict(sd, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"{weights}: backbone weights do not fit {b.name!r} ({str(exc).splitlines()[0]})") from None
+    backbone.weights_id, backbone.weights_origin = b.weights_id, b.weights_origin
+    return backbone
+
+
+def _load_head(cfg: ModelConfig, feature_dim: int, tensors: dict, weights: Path) -> nn.Module:
+    h = cfg.head
+    try:
+        head = build_head(h.kind, feature_dim, len(cfg.genres), h.hidden, h.dropout, h.members)
     except ValueError as exc:
-        raise ModelError(f"{model_dir / CONFIG_FILE}: {exc}") from None
+        raise ModelError(f"{weights.parent / CONFIG_FILE}: {exc}") from None
     head_sd = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     try:
         head.load_state_dict(head_sd, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"{weights}: head weights do not fit the config ({str(exc).splitlines()[0]})") from None
-    try:
-        model = PosterGenreModel(backbone, head, cfg).to(device).eval()
-    except ValueError as exc:
-        raise ModelError(f"{model_dir / CONFIG_FILE}: bad calibration ({exc})") from None
-    return model
+    return head
 
 
 def _load_tuned(module: nn.Module, tensors: dict, tuned: tuple[str, ...], weights: Path) -> None:
@@ -314,26 +332,16 @@ def _load_tuned(module: nn.Module, tensors: dict, tuned: tuple[str, ...], weight
             raise ModelError(f"{weights}: tuned backbone weights do not fit ({str(exc).splitlines()[0]})") from None
 
 
-def new_config(
-    backbone: LoadedBackbone, preprocess: Preprocess, genres: Iterable[str], head_kind: str, hidden: int,
-    dropout: float, mode: str, members: int = 1,
-) -> dict:
+def new_config(backbone: LoadedBackbone, preprocess: Preprocess, genres: Iterable[str], head: HeadConfig,
+               mode: str) -> ModelConfig:
     """The config of a model about to be trained; training fills in the rest."""
     spec = get_spec(backbone.spec.name)
-    return {
-        "format_version": FORMAT_VERSION,
-        "name": backbone.spec.name,
-        "mode": mode,
-        "backbone": {
-            "name": spec.name,
-            "weights_origin": backbone.weights_origin,
-            "weights_id": backbone.weights_id,
-            "weight_source": spec.weight_source,
+    return ModelConfig(
+        name=spec.name, genres=list(genres), preprocess=preprocess, mode=mode, head=head,
+        backbone=BackboneConfig(
+            name=spec.name, weights_origin=backbone.weights_origin, weights_id=backbone.weights_id,
+            weight_source=spec.weight_source,
             # Package weights are re-read from the package; anything else travels with the model.
-            "in_artifact": mode == "finetune" or backbone.weights_origin not in ("package", "none"),
-        },
-        "preprocess": preprocess.to_dict(),
-        "head": {"kind": head_kind, "hidden": hidden, "dropout": dropout} | ({"members": members} if members > 1 else {}),
-        "genres": list(genres),
-        "decision": DecisionRule().to_dict(),
-    }
+            in_artifact=mode == "finetune" or backbone.weights_origin not in ("package", "none"),
+        ),
+    )

@@ -22,6 +22,7 @@ from torch import nn
 
 from ._export import OPSET, export_module  # noqa: F401 - OPSET re-exported
 from .errors import ExportError  # noqa: F401 - re-exported
+from .config import ModelConfig
 from .model import ConfigAccessors, PosterGenreModel
 
 EXPORT_ATOL = 1e-4
@@ -48,8 +49,8 @@ def sample_posters() -> list[Path]:
 def model_fingerprint(model: PosterGenreModel) -> str:
     """Identifies the weights and preprocessing an export must match (16 hex chars)."""
     c = model.config
-    parts = [c.get("weights_sha256"), c["backbone"].get("weights_id"), c["preprocess"], c["genres"]]
-    parts += [c["calibration"]] if c.get("calibration") else []  # so older models keep their cached exports
+    parts = [c.weights_sha256, c.backbone.weights_id, c.preprocess.to_dict(), c.genres]
+    parts += [c.calibration] if c.calibration else []  # so older models keep their cached exports
     desc = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(desc.encode()).hexdigest()[:16]
 
@@ -77,11 +78,7 @@ def export_onnx(model: PosterGenreModel, out: str | Path, check_images: Sequence
             expected = _Scores(model)(batch.contiguous(memory_format=torch.channels_last)).numpy()
         export_module(_Scores(model), batch[:1], tmp, output_name="scores")
         proto = onnx.load(str(tmp))
-        meta = {"format_version": 1, "name": model.name, "genres": model.genres, "preprocess": model.config["preprocess"],
-                "decision": model.config["decision"], "weights_sha256": model.config.get("weights_sha256"),
-                "calibration": model.config.get("calibration"),
-                "fingerprint": model_fingerprint(model), "input": "RGB, resized to preprocess.size (height, width) "
-                "without keeping the aspect ratio, scaled to [0, 1], then (x - mean) / std; NCHW float32"}
+        meta = model.config.export_metadata(model_fingerprint(model))
         entry = proto.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, json.dumps(meta)
         onnx.save(proto, str(tmp))
@@ -112,19 +109,14 @@ class OnnxModel(ConfigAccessors):
             opts.intra_op_num_threads = threads
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-            meta = self.session.get_modelmeta().custom_metadata_map
-            self.config = json.loads(meta[METADATA_KEY])
+            meta = json.loads(self.session.get_modelmeta().custom_metadata_map[METADATA_KEY])
         except KeyError:
             raise ExportError(f"{self.path}: not a postergenre export (no '{METADATA_KEY}' metadata)") from None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"{self.path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
-        self.config.setdefault("mode", "onnx")
+        self.config = ModelConfig.from_dict({"name": self.path.stem, "mode": "onnx"} | meta, f"{self.path} metadata")
 
     engine = "onnx"
-
-    @property
-    def name(self) -> str:
-        return self.config.get("name", self.path.stem)
 
     def predict_proba_tensor(self, batch: torch.Tensor | np.ndarray) -> np.ndarray:
         """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)``."""

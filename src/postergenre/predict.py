@@ -1,4 +1,5 @@
-"""Batch prediction over files and folders: one result per input, errors included.
+"""Batch prediction over files and folders (one result per input, errors included) and
+evaluation on a labelled dataset.
 
 Results come out in input order as plain dicts (the JSON of ``postergenre predict``):
 ``{"path", "genres": [{"genre", "score"}, ... all genres by score], "predicted": [...], "error"}``.
@@ -14,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .decision import DecisionRule
+from .errors import DatasetError, UsageError
 from .features import extract_features, make_loader
 from .images import IMAGE_EXTENSIONS
 from .model import PosterGenreModel
@@ -88,7 +90,7 @@ def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> t
     """Scores ``(N, G)`` and ``{index: error}`` for many files. A frozen PyTorch model goes
     through the feature cache, so evaluating on the posters it was trained on costs no
     extraction; any other model (an :class:`~postergenre.onnx_engine.OnnxModel` too) scores images."""
-    if isinstance(model, PosterGenreModel) and model.config.get("mode") == "frozen":
+    if isinstance(model, PosterGenreModel) and model.config.mode == "frozen":
         feats, errors = extract_features(model.backbone_info, paths, model.preprocess, cache_dir, progress=progress)
         return model.predict_proba_features(feats), errors
     scores = np.zeros((len(paths), len(model.genres)), dtype=np.float32)
@@ -109,15 +111,41 @@ def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache
 
     missing = [g for g in dataset.genres if g not in model.genres]
     if missing:
-        raise ValueError(f"the dataset has genres the model does not know: {', '.join(missing)}")
+        raise DatasetError(f"the dataset has genres the model does not know: {', '.join(missing)}")
     scores, errors = score_paths(model, dataset.paths, cache_dir, progress)
     if errors:
-        raise ValueError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
+        raise DatasetError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
     cols = [model.genres.index(g) for g in dataset.genres]
     y = np.zeros((len(dataset), len(model.genres)), dtype=int)
     y[:, cols] = dataset.labels
     if reliability_png is not None:
+        from ._io import writing
         from .report import reliability_diagram
 
-        reliability_diagram(y, scores, reliability_png, title=f"{model.name} on {len(dataset)} posters")
+        with writing(reliability_png):
+            reliability_diagram(y, scores, reliability_png, title=f"{model.name} on {len(dataset)} posters")
     return evaluate(y, scores, (decision or model.decision).apply(scores), model.genres)
+
+
+def evaluate_model(model: str | Path | None = "default", data: str | Path | None = None, labels: str | Path | None = None,
+                   images: str | Path | None = None, *, decision: str | None = None, top_k: int | None = None,
+                   engine: str = "auto", cache_dir: str | Path | None = None, skip_bad: bool = False,
+                   only_split: str | None = None, progress: bool = False, reliability_png: str | Path | None = None) -> dict:
+    """``postergenre evaluate`` as one call: load the dataset (``data`` folder, or ``labels`` +
+    ``images``) and the scorer, keep only the ``only_split`` part of the model's own split
+    (``split.json``: train, val or test) if asked, and return :func:`evaluate_dataset`'s metrics
+    under the model's decision rule with ``decision``/``top_k`` overridden where given."""
+    from .data import load_dataset
+    from .inference import load_scorer
+
+    dataset, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
+    scorer = load_scorer(model, engine, cache_dir=cache_dir, features=True)
+    if only_split:
+        from .model import read_split
+
+        parts = read_split(model)
+        if only_split not in parts:
+            raise UsageError(f"--only-split must be one of {', '.join(parts)} (the parts in the model's split.json), not {only_split!r}")
+        dataset = dataset.subset_ids(parts[only_split])
+    return evaluate_dataset(scorer, dataset, scorer.decision_rule(decision, top_k), cache_dir, progress=progress,
+                            reliability_png=reliability_png)

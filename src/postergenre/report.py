@@ -22,7 +22,8 @@ import numpy as np  # noqa: E402
 
 from .images import ImageLoadError, load_rgb  # noqa: E402
 from .metrics import expected_calibration_error  # noqa: E402
-from .model import atomic_bytes, load_model  # noqa: E402
+from ._io import atomic_bytes  # noqa: E402
+from .model import load_model  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

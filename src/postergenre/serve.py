@@ -11,6 +11,9 @@
 The model loads in a background thread, so the server answers at once (503 until ready).
 Inference runs in one worker thread off the event loop: requests queue instead of competing
 for the cores. Request bodies are capped while they stream in, before any parsing.
+
+The routes (:data:`router`) are plain functions over the :class:`ServerState` that
+:func:`create_app` puts in ``app.state.server``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,17 @@ import asyncio
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from fastapi import FastAPI, File, Form, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from . import __version__
+from .errors import PosterGenreError
 from .images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb
 
 WEB_DIR = Path(__file__).parent / "web"
@@ -116,142 +121,182 @@ class ModelHolder:
             return self._torch_model
 
 
+Upload = tuple[str, bytes | None, str | None]  # (file name, its bytes or None, the error that refused them)
+
+
+@dataclass
+class ServerState:
+    """What the routes share: the model, the one inference thread, and the caps."""
+
+    holder: ModelHolder
+    pool: ThreadPoolExecutor
+    max_bytes: int  # per uploaded file
+    max_pixels: int  # per decoded image
+
+    async def run(self, fn, *args):
+        """``fn(*args)`` in the inference thread, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+
+def server_state(request: Request) -> ServerState:
+    """The routes' dependency: the state of the app serving the request."""
+    return request.app.state.server
+
+
+def error(status: int, message: str, **extra) -> JSONResponse:
+    """Every error the API answers has this shape: ``{"error": message, ...}``."""
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI answers a request its parameters do not fit with 422 too; this keeps one error shape."""
+    return error(422, "invalid request: " + "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in exc.errors()))
+
+
+def not_ready(holder: ModelHolder) -> JSONResponse | None:
+    """503 while the model loads or when it failed to; ``None`` once it is ready."""
+    if holder.status == "loading":
+        return error(503, "the model is still loading; try again in a few seconds")
+    if holder.status == "failed":
+        return error(503, f"the model could not be loaded: {holder.error}")
+    return None
+
+
+async def read_upload(f: UploadFile, max_bytes: int) -> Upload:
+    """The upload's name and bytes, or the error saying it is above ``max_bytes`` (never read past it)."""
+    name = f.filename or "upload"
+    if f.size is not None and f.size > max_bytes:
+        return name, None, f"{name}: file is {f.size:,} bytes, above the cap of {max_bytes:,}"
+    data = await f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return name, None, f"{name}: file is above the cap of {max_bytes:,} bytes"
+    return name, data, None
+
+
+def score(state: ServerState, items: list[Upload], top_k: int, decision: str) -> list[dict]:
+    """Decode, preprocess and score (in the inference thread); one result per upload, in order."""
+    import torch
+
+    from .predict import result
+
+    m = state.holder.scorer
+    rule = m.decision_rule(decision, top_k)
+    out: list[dict | None] = [None] * len(items)
+    good, tensors = [], []
+    for i, (name, data, err) in enumerate(items):
+        if err is None:
+            try:
+                # the same decode (JPEG draft mode) as `postergenre predict`, so the scores match it exactly
+                tensors.append(m.preprocess.load(data, name=name, max_pixels=state.max_pixels))
+                good.append(i)
+                continue
+            except ImageLoadError as exc:
+                err = str(exc)
+        out[i] = result(name, None, None, m.genres, err)
+    if good:
+        scores = m.predict_proba_tensor(torch.stack(tensors))
+        for i, s, mask in zip(good, scores, rule.apply(scores)):
+            out[i] = result(items[i][0], s, mask, m.genres)
+    return out
+
+
+def heatmap(state: ServerState, name: str, data: bytes, genre: str) -> tuple[bytes, float]:
+    """The Grad-CAM PNG of an upload and the genre's score (in the inference thread)."""
+    from .explain import explain_png
+
+    return explain_png(state.holder.torch_model(), load_rgb(data, name=name, max_pixels=state.max_pixels), genre)
+
+
+router = APIRouter()
+
+
+@router.get("/api/health")
+async def health(state: ServerState = Depends(server_state)):
+    """Whether the model is loaded; its name, the engine, whether its scores are calibrated
+    probabilities, and the package version."""
+    holder = state.holder
+    body = {"status": holder.status, "version": __version__, "model": None, "engine": None}
+    if holder.status == "ready":
+        body.update(model=holder.scorer.name, engine=holder.scorer.engine, genres=len(holder.scorer.genres),
+                    calibrated=holder.scorer.calibrated)
+    if holder.error:
+        body["error"] = holder.error
+    return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)
+
+
+@router.get("/api/genres")
+async def genres(state: ServerState = Depends(server_state)):
+    """The genres the model scores, and its default decision rule."""
+    if (r := not_ready(state.holder)) is not None:
+        return r
+    d = state.holder.scorer.decision
+    return {"genres": state.holder.scorer.genres, "decision": {"kind": d.kind, "k": d.k}}
+
+
+@router.post("/api/predict")
+async def predict(
+    file: List[UploadFile] = File(..., description="Poster image(s); the type is judged by content."),
+    top_k: int = Form(3, ge=1, le=25, description="Genres per poster (or the most, under thresholds)."),
+    decision: str = Form("top_k", description="top_k or thresholds"),
+    state: ServerState = Depends(server_state),
+):
+    """Genres of each uploaded poster, as `postergenre predict --format json`."""
+    if (r := not_ready(state.holder)) is not None:
+        return r
+    if decision not in ("top_k", "thresholds"):
+        return error(422, f"unknown decision {decision!r}: choose top_k or thresholds")
+    if len(file) > MAX_FILES:
+        return error(413, f"{len(file)} files in one request, above the cap of {MAX_FILES}")
+    items = [await read_upload(f, state.max_bytes) for f in file]
+    results = await state.run(score, state, items, top_k, decision)
+    errors = [r["error"] for r in results if r["error"]]
+    if len(errors) < len(results):
+        return results
+    too_large = all(err is not None for _, _, err in items)
+    return error(413 if too_large else 422, errors[0] if len(errors) == 1 else f"none of the {len(errors)} files could be read",
+                 results=results)
+
+
+@router.post("/api/explain", responses={200: {"content": {"image/png": {}}}})
+async def explain(file: UploadFile = File(...), genre: str = Form(...), state: ServerState = Depends(server_state)):
+    """PNG: the poster with a Grad-CAM heatmap of what drove ``genre``'s score (header X-Score)."""
+    if (r := not_ready(state.holder)) is not None:
+        return r
+    if not state.holder.explainable:
+        return error(422, "explanations need a PyTorch model directory, not an .onnx file")
+    if genre not in state.holder.scorer.genres:
+        return error(422, f"unknown genre {genre!r}")
+    name, data, err = await read_upload(file, state.max_bytes)
+    if err:
+        return error(413, err)
+    try:
+        png, s = await state.run(heatmap, state, name, data, genre)
+    except PosterGenreError as exc:  # an unreadable image, or a backbone without convolutions
+        return error(422, str(exc))
+    return Response(png, media_type="image/png", headers={"X-Score": f"{s:.6f}", "Cache-Control": "no-store"})
+
+
+@router.get("/", include_in_schema=False)
+async def page():
+    return FileResponse(WEB_DIR / "index.html")
+
+
 def create_app(model: str | None = "default", engine: str = "auto", max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB,
                max_pixels: int = DEFAULT_MAX_PIXELS, background_load: bool = True):
     """The FastAPI application. ``background_load=False`` loads the model before returning."""
-    from .predict import result
-
     max_bytes = int(max_upload_mb * 1024 * 1024)
-    holder = ModelHolder(model, engine)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="postergenre-infer")
+    state = ServerState(ModelHolder(model, engine), ThreadPoolExecutor(max_workers=1, thread_name_prefix="postergenre-infer"),
+                        max_bytes, max_pixels)
     if background_load:
-        threading.Thread(target=holder.load, daemon=True, name="postergenre-load").start()
+        threading.Thread(target=state.holder.load, daemon=True, name="postergenre-load").start()
     else:
-        holder.load()
-
-    app = FastAPI(title="postergenre", version=__version__,
+        state.holder.load()
+    app = FastAPI(title="postergenre", version=__version__, exception_handlers={RequestValidationError: invalid_request},
                   description="Predict a movie's genres from its poster (multi-label).")
-    app.state.holder = holder
+    app.state.server, app.state.holder = state, state.holder
     app.add_middleware(BodyLimit, max_bytes=max_bytes * MAX_FILES + 64 * 1024)
-
-    def fail(status: int, message: str, **extra) -> JSONResponse:
-        return JSONResponse({"error": message, **extra}, status_code=status)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc):  # FastAPI's default is 422 too; keep one error shape
-        return fail(422, "invalid request: " + "; ".join(f"{'.'.join(map(str, e.get('loc', [])))}: {e.get('msg')}" for e in exc.errors()))
-
-    def not_ready() -> JSONResponse | None:
-        if holder.status == "loading":
-            return fail(503, "the model is still loading; try again in a few seconds")
-        if holder.status == "failed":
-            return fail(503, f"the model could not be loaded: {holder.error}")
-        return None
-
-    async def read_upload(f: UploadFile) -> tuple[str, bytes | None, str | None]:
-        name = f.filename or "upload"
-        if f.size is not None and f.size > max_bytes:
-            return name, None, f"{name}: file is {f.size:,} bytes, above the cap of {max_bytes:,}"
-        data = await f.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            return name, None, f"{name}: file is above the cap of {max_bytes:,} bytes"
-        return name, data, None
-
-    def score(items: list[tuple[str, bytes | None, str | None]], top_k: int, decision: str) -> list[dict]:
-        """Decode, preprocess and score in the inference thread; one result per upload, in order."""
-        import torch
-
-        m = holder.scorer
-        rule = m.decision_rule("thresholds" if decision == "thresholds" else "top_k", top_k)
-        pp = m.preprocess
-        out: list[dict | None] = [None] * len(items)
-        good, tensors = [], []
-        for i, (name, data, err) in enumerate(items):
-            if err is None:
-                try:
-                    # the same decode (JPEG draft mode) as `postergenre predict`, so the scores match it exactly
-                    tensors.append(pp.load(data, name=name, max_pixels=max_pixels))
-                    good.append(i)
-                    continue
-                except ImageLoadError as exc:
-                    err = str(exc)
-            out[i] = result(name, None, None, m.genres, err)
-        if good:
-            scores = m.predict_proba_tensor(torch.stack(tensors))
-            for i, s, mask in zip(good, scores, rule.apply(scores)):
-                out[i] = result(items[i][0], s, mask, m.genres)
-        return out
-
-    @app.get("/api/health")
-    async def health():
-        """Whether the model is loaded; its name, the engine, whether its scores are calibrated
-        probabilities, and the package version."""
-        body = {"status": holder.status, "version": __version__, "model": None, "engine": None}
-        if holder.status == "ready":
-            body.update(model=holder.scorer.name, engine=holder.scorer.engine, genres=len(holder.scorer.genres),
-                        calibrated=holder.scorer.calibrated)
-        if holder.error:
-            body["error"] = holder.error
-        return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)
-
-    @app.get("/api/genres")
-    async def genres():
-        """The genres the model scores, and its default decision rule."""
-        if (r := not_ready()) is not None:
-            return r
-        d = holder.scorer.decision
-        return {"genres": holder.scorer.genres, "decision": {"kind": d.kind, "k": d.k}}
-
-    @app.post("/api/predict")
-    async def predict(
-        file: List[UploadFile] = File(..., description="Poster image(s); the type is judged by content."),
-        top_k: int = Form(3, ge=1, le=25, description="Genres per poster (or the most, under thresholds)."),
-        decision: str = Form("top_k", description="top_k or thresholds"),
-    ):
-        """Genres of each uploaded poster, as `postergenre predict --format json`."""
-        if (r := not_ready()) is not None:
-            return r
-        if decision not in ("top_k", "thresholds"):
-            return fail(422, f"unknown decision {decision!r}: choose top_k or thresholds")
-        if len(file) > MAX_FILES:
-            return fail(413, f"{len(file)} files in one request, above the cap of {MAX_FILES}")
-        items = [await read_upload(f) for f in file]
-        results = await asyncio.get_running_loop().run_in_executor(pool, score, items, top_k, decision)
-        errors = [r for r in results if r["error"]]
-        if len(errors) == len(results):
-            too_large = all(it[2] is not None for it in items)
-            return fail(413 if too_large else 422, errors[0]["error"] if len(errors) == 1 else f"none of the {len(errors)} files could be read", results=results)
-        return results
-
-    @app.post("/api/explain", responses={200: {"content": {"image/png": {}}}})
-    async def explain(file: UploadFile = File(...), genre: str = Form(...)):
-        """PNG: the poster with a Grad-CAM heatmap of what drove ``genre``'s score (header X-Score)."""
-        if (r := not_ready()) is not None:
-            return r
-        if not holder.explainable:
-            return fail(422, "explanations need a PyTorch model directory, not an .onnx file")
-        if genre not in holder.scorer.genres:
-            return fail(422, f"unknown genre {genre!r}")
-        name, data, err = await read_upload(file)
-        if err:
-            return fail(413, err)
-        from .explain import explain_png
-
-        def run():
-            return explain_png(holder.torch_model(), load_rgb(data, name=name, max_pixels=max_pixels), genre)
-
-        try:
-            png, s = await asyncio.get_running_loop().run_in_executor(pool, run)
-        except ValueError as exc:  # an unreadable image, or a backbone without convolutions
-            return fail(422, str(exc))
-        return Response(png, media_type="image/png", headers={"X-Score": f"{s:.6f}", "Cache-Control": "no-store"})
-
+    app.include_router(router)
     app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
-
-    @app.get("/", include_in_schema=False)
-    async def page():
-        return FileResponse(WEB_DIR / "index.html")
-
     return app
 
 

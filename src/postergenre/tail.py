@@ -79,7 +79,7 @@ def fit_tail(net: TailNet, rows: np.ndarray, layout: dict, y: np.ndarray, known:
     """
     from tqdm.auto import tqdm
 
-    from .train import _bce
+    from .loops import bce as _bce
 
     maps, stats = _split_rows(rows, layout)
     criterion = build_loss(r.loss, y[train_idx])
