@@ -1,5 +1,6 @@
-"""Output formats for prediction results and metrics (one entry per format in each registry), the
-streamed ``.csv``/``.jsonl`` result file and its shards."""
+"""What the user gets back: the result record of one poster (:func:`result`), the output
+formats for results and metrics (one entry per format in each registry), the streamed
+``.csv``/``.jsonl`` result file and its shards. A new output field is a change here only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import json
 import os
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from ._io import atomic_file, writing
 from .errors import UsageError
@@ -31,6 +34,20 @@ def predictions_table(results: list[dict], show: int = 3) -> str:
 
 def predictions_json(results: list[dict]) -> str:
     return json.dumps(results, indent=2, ensure_ascii=False)
+
+
+def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres: list[str], error: str | None = None) -> dict:
+    """One poster's result, the record every output format writes: ``{"path", "genres": [{"genre",
+    "score"}, ... all genres by score], "predicted": [...], "error"}`` (``scores``/``mask`` ``(G,)``)."""
+    if error is not None:
+        return {"path": path, "genres": [], "predicted": [], "error": error}
+    order = np.argsort(-scores, kind="stable")
+    return {
+        "path": path,
+        "genres": [{"genre": genres[g], "score": round(float(scores[g]), 6)} for g in order],
+        "predicted": [genres[g] for g in order if mask[g]],
+        "error": None,
+    }
 
 
 def _csv_header(genres: list[str]) -> list[str]:

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .decision import DecisionRule
+from .formats import result
 from .errors import DatasetError, UsageError
 from .features import extract_features, make_loader
 from .images import IMAGE_EXTENSIONS
@@ -34,18 +35,6 @@ def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
                         yield Path(root) / f
         else:
             yield p  # a missing or unreadable file gets its error from the loader
-
-
-def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres: list[str], error: str | None = None) -> dict:
-    if error is not None:
-        return {"path": path, "genres": [], "predicted": [], "error": error}
-    order = np.argsort(-scores, kind="stable")
-    return {
-        "path": path,
-        "genres": [{"genre": genres[g], "score": round(float(scores[g]), 6)} for g in order],
-        "predicted": [genres[g] for g in order if mask[g]],
-        "error": None,
-    }
 
 
 BLOCK = 2048  # paths per loader: bounds memory on any number of inputs

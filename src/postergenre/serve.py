@@ -177,7 +177,7 @@ def score(state: ServerState, items: list[Upload], top_k: int, decision: str) ->
     """Decode, preprocess and score (in the inference thread); one result per upload, in order."""
     import torch
 
-    from .predict import result
+    from .formats import result
 
     m = state.holder.scorer
     rule = m.decision_rule(decision, top_k)
