@@ -95,8 +95,8 @@ def test_blocks_bound_the_work_in_flight(tiny_model, many, monkeypatch):
     one = list(P.predict_paths(m, [many]))
     monkeypatch.setattr(P, "BLOCK", 2)
     seen = []
-    real = P.make_loader
-    monkeypatch.setattr(P, "make_loader", lambda paths, *a, **k: seen.append(len(paths)) or real(paths, *a, **k))
+    real = P.decoded_batches
+    monkeypatch.setattr(P, "decoded_batches", lambda paths, *a, **k: seen.append(len(paths)) or real(paths, *a, **k))
     two = list(P.predict_paths(m, [many]))
     assert max(seen) == 2 and sum(seen) == N + 1
     assert [r["path"] for r in two] == [r["path"] for r in one]

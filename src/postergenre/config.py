@@ -136,3 +136,35 @@ class ModelConfig:
                 "weights_sha256": self.weights_sha256, "calibration": self.calibration, "fingerprint": fingerprint,
                 "input": "RGB, resized to preprocess.size (height, width) without keeping the aspect ratio, "
                          "scaled to [0, 1], then (x - mean) / std; NCHW float32"}
+
+
+class ConfigAccessors:
+    """What every scorer (PyTorch model, ONNX Runtime model) reads from its :class:`ModelConfig`."""
+
+    config: ModelConfig
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def genres(self) -> list[str]:
+        return list(self.config.genres)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.config.preprocess
+
+    @property
+    def decision(self) -> DecisionRule:
+        return self.config.decision
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the scores are calibrated probabilities (not raw sigmoid outputs)."""
+        return self.config.calibrated
+
+    def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
+        """The model's rule, with ``kind``/``k`` overridden where given."""
+        d = self.config.decision
+        return DecisionRule(kind or d.kind, k or d.k, d.thresholds)

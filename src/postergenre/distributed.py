@@ -14,10 +14,9 @@ The conventions the rest of the package relies on:
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Sequence
-
-import torch
 
 from .errors import UsageError
 
@@ -38,12 +37,16 @@ class Dist:
 
     def barrier(self) -> None:
         if self.enabled:
+            import torch
+
             torch.distributed.barrier()
 
     def all_gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order (picklable objects; tensors/arrays included)."""
         if not self.enabled:
             return [obj]
+        import torch
+
         out: list[Any] = [None] * self.world_size
         torch.distributed.all_gather_object(out, obj)
         return out
@@ -58,7 +61,11 @@ SINGLE = Dist()
 def setup(device: str = "auto") -> Dist:
     """Join torchrun's process group if there is one (idempotent); else the single-process Dist."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or not torch.distributed.is_available():
+    if world <= 1:
+        return SINGLE  # torch is not even imported: the one-poster command stays light
+    import torch
+
+    if not torch.distributed.is_available():
         return SINGLE
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     if not torch.distributed.is_initialized():
@@ -70,7 +77,8 @@ def setup(device: str = "auto") -> Dist:
 
 
 def teardown() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    torch = sys.modules.get("torch")  # no torch imported: no process group to leave
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
 

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ._io import default_cache_dir  # noqa: F401 - re-exported
 from .backbones import LoadedBackbone
-from .images import ImageLoadError, Preprocess, file_digest
+from .images import ImageLoadError, Preprocess, decode_for_model, file_digest
 
 CHUNK = 512  # images per cache file
 
@@ -37,17 +37,8 @@ class _Files(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        path = self.paths[i]
-        try:
-            data = Path(path).read_bytes()
-            x = self.preprocess.load_pixels(data, name=str(path))
-            if self.flip:
-                x = x[:, ::-1]
-            return i, torch.from_numpy(np.ascontiguousarray(x)), None
-        except ImageLoadError as exc:
-            return i, None, str(exc)
-        except OSError as exc:
-            return i, None, str(ImageLoadError(path, f"cannot read file ({exc.strerror or exc})"))
+        x, error = decode_for_model(self.paths[i], self.preprocess, self.flip)
+        return i, None if x is None else torch.from_numpy(x), error
 
 
 def make_loader(paths, preprocess: Preprocess, batch_size: int, workers: int | None = None, flip: bool = False,

@@ -15,7 +15,6 @@ import numpy as np
 
 from ._io import atomic_file, writing
 from .errors import UsageError
-from .metrics import SUMMARY_KEYS
 
 
 def predictions_table(results: list[dict], show: int = 3) -> str:
@@ -155,6 +154,8 @@ class ResultStream:
 
 def metrics_table(m: dict) -> str:
     lines = [f"posters evaluated: {m['n_posters']}"]
+    from .metrics import SUMMARY_KEYS  # scikit-learn: only when metrics are shown
+
     lines += [f"  {k:<18} {m[k]:.4f}" for k in SUMMARY_KEYS]
     lines.append("")
     lines.append(f"  {'genre':<12} {'AP':>6} {'F1':>6} {'support':>8}")

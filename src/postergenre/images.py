@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageLoadError  # noqa: F401 - re-exported
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: the ONNX path never needs it
+    import torch
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Posters are a few hundred pixels a side; anything past this is refused as a likely bomb.
@@ -117,13 +121,15 @@ class Preprocess:
     def resize(self, img: Image.Image) -> Image.Image:
         return img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
 
-    def normalize(self, img: Image.Image) -> torch.Tensor:
+    def normalize(self, img: Image.Image) -> "torch.Tensor":
         arr = np.asarray(img, dtype=np.float32) / 255.0
         mean = np.asarray(self.mean, dtype=np.float32)
         std = np.asarray(self.std, dtype=np.float32)
+        import torch
+
         return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image) -> "torch.Tensor":
         return self.normalize(self.resize(img))
 
     def load_pixels(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -132,17 +138,68 @@ class Preprocess:
         img = load_rgb(source, name=name, max_pixels=max_pixels, draft_size=self.draft_size)
         return np.array(self.resize(img), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
-    def normalize_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+    def normalize_batch(self, pixels: "torch.Tensor") -> "torch.Tensor":
         """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, exactly as :meth:`normalize` does one image."""
+        import torch
+
         mean = torch.tensor(self.mean, dtype=torch.float32)
         std = torch.tensor(self.std, dtype=torch.float32)
         return ((pixels.float() / 255.0 - mean) / std).permute(0, 3, 1, 2).contiguous()
 
-    def load(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+    def normalize_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """:meth:`normalize_batch` in NumPy (no torch import): ``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32."""
+        mean, std = np.asarray(self.mean, dtype=np.float32), np.asarray(self.std, dtype=np.float32)
+        x = (pixels.astype(np.float32) / np.float32(255.0) - mean) / std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+    def load(self, source: str | Path | bytes, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> "torch.Tensor":
         """Decode and preprocess one file: ``(3, H, W)`` float32."""
         return self(load_rgb(source, name=name, max_pixels=max_pixels, draft_size=self.draft_size))
 
-    def unnormalize(self, x: torch.Tensor) -> np.ndarray:
+    def unnormalize(self, x: "torch.Tensor") -> np.ndarray:
         """Inverse of :meth:`normalize`, for showing what the model sees: ``(H, W, 3)`` in [0, 1]."""
         arr = x.detach().cpu().numpy().transpose(1, 2, 0) * np.asarray(self.std) + np.asarray(self.mean)
         return np.clip(arr, 0.0, 1.0)
+
+
+def decode_for_model(path: str | Path, preprocess: Preprocess, flip: bool = False) -> tuple[np.ndarray | None, str | None]:
+    """One file as the model's resized uint8 pixels ``(H, W, 3)``, or ``(None, error message)``."""
+    try:
+        x = preprocess.load_pixels(Path(path).read_bytes(), name=str(path))
+        return (np.ascontiguousarray(x[:, ::-1]) if flip else x), None
+    except ImageLoadError as exc:
+        return None, str(exc)
+    except OSError as exc:
+        return None, str(ImageLoadError(path, f"cannot read file ({exc.strerror or exc})"))
+
+
+def decoded_batches(paths: list, preprocess: Preprocess, batch_size: int, workers: int | None = None):
+    """Batches ``(indices, float32 (B, 3, H, W) or None, {index: error})`` in input order, without torch.
+
+    Files are decoded in a small thread pool (Pillow releases the GIL while it decodes and
+    resizes), two batches ahead of the caller, so memory stays bounded on any number of paths.
+    """
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, workers if workers else min(2, os.cpu_count() or 1))
+    starts = iter(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(threads, thread_name_prefix="postergenre-decode") as pool:
+        ahead: deque = deque()
+
+        def submit() -> None:
+            start = next(starts, None)
+            if start is not None:
+                chunk = range(start, min(start + batch_size, len(paths)))
+                ahead.append((chunk, [pool.submit(decode_for_model, paths[i], preprocess) for i in chunk]))
+
+        for _ in range(3):
+            submit()
+        while ahead:
+            chunk, futures = ahead.popleft()
+            submit()
+            decoded = [f.result() for f in futures]
+            ok = [i for i, (x, _) in zip(chunk, decoded) if x is not None]
+            errors = {i: err for i, (_, err) in zip(chunk, decoded) if err is not None}
+            pixels = np.stack([x for x, _ in decoded if x is not None]) if ok else None
+            yield ok, None if pixels is None else preprocess.normalize_pixels(pixels), errors

@@ -65,7 +65,7 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
                 cache_dir: str | Path | None = None, features: bool = False) -> Scorer:
     """A model directory (``None``/"default": the built-in model) or an exported ``.onnx``
     file, ready to score with ``engine`` (see the module docstring for ``auto``)."""
-    from .onnx_engine import OnnxModel
+    from .onnx_scorer import OnnxModel
 
     check_engine(engine)
     if is_onnx_path(model):
@@ -74,6 +74,8 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
         if not Path(model).is_file():
             raise ExportError(f"{model}: file not found")
         return OnnxModel(model)
+    if engine != "torch" and device == "cpu" and (cached := cached_scorer(model, cache_dir, features)) is not None:
+        return cached
     from .model import load_model
 
     torch_model = load_model(model, device=device)
@@ -82,9 +84,30 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
     return as_engine(torch_model, engine, cache_dir)
 
 
+def cached_scorer(model: str | Path | None, cache_dir: str | Path | None = None, features: bool = False):
+    """The model directory's export from the cache, found without building the model (so
+    without importing PyTorch), or ``None`` when there is none yet (or a frozen model is to
+    score a dataset through the feature cache). The export was verified against PyTorch when
+    it was made; its key is the config's fingerprint, which holds the weights' SHA-256, checked
+    here against ``model.safetensors`` so a replaced weights file never meets a stale export."""
+    from .artifact import WEIGHTS_FILE, check_directory, read_config, resolve_model_path, sha256_file
+    from .onnx_scorer import OnnxModel, export_path
+
+    model_dir = resolve_model_path(model)
+    check_directory(model_dir)
+    config = read_config(model_dir)
+    path = export_path(config, cache_dir)
+    if (features and config.mode == "frozen") or not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        return None
+    if config.weights_sha256 and sha256_file(model_dir / WEIGHTS_FILE) != config.weights_sha256:
+        return None  # load_model reports the damaged file
+    return OnnxModel(path)
+
+
 def as_engine(model, engine: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
     """``model`` (a PyTorch model) as the scorer ``engine`` asks for: itself, or its cached export."""
-    from .onnx_engine import OnnxModel, cached_export
+    from .onnx_engine import cached_export
+    from .onnx_scorer import OnnxModel
 
     check_engine(engine)
     if isinstance(model, OnnxModel):

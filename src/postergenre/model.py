@@ -8,7 +8,6 @@ recipe, split fingerprint, validation metrics, weights checksum), ``model.safete
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -21,17 +20,14 @@ from . import __version__
 from ._io import atomic_directory
 from .backbones import LoadedBackbone, build_backbone, get_spec
 from .calibration import Calibration
-from .config import FORMAT_VERSION, BackboneConfig, HeadConfig, ModelConfig
+from .artifact import (CARD_FILE, CONFIG_FILE, DEFAULT_MODEL_DIR, WEIGHTS_FILE, check_directory,  # noqa: F401 - re-exported
+                       read_config, read_split, resolve_model_path, sha256_file)
+from .config import BackboneConfig, ConfigAccessors, HeadConfig, ModelConfig
 from .decision import DecisionRule
 from .errors import ModelError  # noqa: F401 - re-exported
 from .images import Preprocess
 
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-CARD_FILE = "MODEL.md"
-DEFAULT_MODEL_DIR = Path(__file__).parent / "default_model"
-# Files a model directory may hold; anything that could carry code (pickles) is refused.
-_UNSAFE_SUFFIXES = {".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib", ".npy", ".npz"}
+
 
 
 class Head(nn.Module):
@@ -82,38 +78,6 @@ def build_head(kind: str, in_dim: int, n_out: int, hidden: int = 0, dropout: flo
     return Ensemble([HEADS[kind](in_dim, n_out, hidden, dropout) for _ in range(members)])
 
 
-class ConfigAccessors:
-    """What every scorer (PyTorch model, ONNX Runtime model) reads from its :class:`ModelConfig`."""
-
-    config: ModelConfig
-
-    @property
-    def name(self) -> str:
-        return self.config.name
-
-    @property
-    def genres(self) -> list[str]:
-        return list(self.config.genres)
-
-    @property
-    def preprocess(self) -> Preprocess:
-        return self.config.preprocess
-
-    @property
-    def decision(self) -> DecisionRule:
-        return self.config.decision
-
-    @property
-    def calibrated(self) -> bool:
-        """Whether the scores are calibrated probabilities (not raw sigmoid outputs)."""
-        return self.config.calibrated
-
-    def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule:
-        """The model's rule, with ``kind``/``k`` overridden where given."""
-        d = self.config.decision
-        return DecisionRule(kind or d.kind, k or d.k, d.thresholds)
-
-
 class PosterGenreModel(nn.Module, ConfigAccessors):
     """Backbone + head. ``forward`` maps images ``(B, 3, H, W)`` to logits ``(B, G)``."""
 
@@ -140,10 +104,10 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
 
     @torch.inference_mode()
     def predict_proba_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)``."""
+        """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)`` (tensor or array)."""
         self.eval()
         device = next(self.head.parameters()).device
-        x = batch.to(device).contiguous(memory_format=torch.channels_last)
+        x = torch.as_tensor(batch).to(device).contiguous(memory_format=torch.channels_last)
         return torch.sigmoid(self(x)).float().cpu().numpy()
 
     @torch.inference_mode()
@@ -182,7 +146,7 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
 
         def write(tmp: Path) -> None:
             save_file(self.state_for_saving(), str(tmp / WEIGHTS_FILE))
-            self.config.weights_sha256, self.config.package_version = _sha256(tmp / WEIGHTS_FILE), __version__
+            self.config.weights_sha256, self.config.package_version = sha256_file(tmp / WEIGHTS_FILE), __version__
             (tmp / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
             if card is not None:
                 (tmp / CARD_FILE).write_text(card)
@@ -192,51 +156,6 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
         return atomic_directory(out_dir, write)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def resolve_model_path(model: str | Path | None) -> Path:
-    if model is None or str(model) == "default":
-        return DEFAULT_MODEL_DIR
-    return Path(model)
-
-
-def read_config(model_dir: str | Path | None) -> ModelConfig:
-    """The :class:`ModelConfig` of a model directory (``None``/"default": the built-in model)."""
-    model_dir = resolve_model_path(model_dir)
-    path = model_dir / CONFIG_FILE
-    if not model_dir.is_dir():
-        raise ModelError(f"{model_dir}: model directory not found")
-    if not path.is_file():
-        raise ModelError(f"{model_dir}: not a postergenre model (no {CONFIG_FILE})")
-    cfg = ModelConfig.from_dict(_read_json(path, "config"), str(path))
-    if cfg.format_version != FORMAT_VERSION:
-        raise ModelError(f"{model_dir}: model format {cfg.format_version!r} is not supported (expected {FORMAT_VERSION})")
-    if cfg.backbone is None or cfg.head is None:
-        raise ModelError(f"{path}: malformed model config (no backbone or head)")
-    return cfg
-
-
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: damaged {what} ({exc})") from None
-
-
-def read_split(model_dir: str | Path | None) -> dict[str, list[str]]:
-    """The model's own train/validation split: ``{"train": [Id, ...], "val": [Id, ...]}``."""
-    path = resolve_model_path(model_dir) / "split.json"
-    if not path.is_file():
-        raise ModelError(f"{path.parent}: the model has no split.json")
-    return _read_json(path, "split file")
-
-
 def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbone_weights: str | Path | None = None) -> PosterGenreModel:
     """Load a model directory (``None``/"default": the built-in model).
 
@@ -244,7 +163,7 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
     whose checksum or shapes do not match the config.
     """
     model_dir = resolve_model_path(model_dir)
-    _check_directory(model_dir)
+    check_directory(model_dir)
     cfg = read_config(model_dir)
     weights = model_dir / WEIGHTS_FILE
     tensors = _read_weights(weights, cfg)
@@ -256,25 +175,13 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
         raise ModelError(f"{model_dir / CONFIG_FILE}: bad calibration ({exc})") from None
 
 
-def _check_directory(model_dir: Path) -> None:
-    if not model_dir.is_dir():
-        return  # read_config names the problem
-    outside = sorted(p.name for p in model_dir.iterdir()
-                     if p.is_symlink() and not p.resolve().is_relative_to(model_dir.resolve()))
-    if outside:
-        raise ModelError(f"{model_dir}: refusing a model directory whose files point outside it ({', '.join(outside)})")
-    unsafe = sorted(p.name for p in model_dir.iterdir() if p.suffix.lower() in _UNSAFE_SUFFIXES)
-    if unsafe:
-        raise ModelError(f"{model_dir}: refusing a model directory that holds pickle-capable files ({', '.join(unsafe)}); only safetensors and JSON are read")
-
-
 def _read_weights(weights: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     if not weights.is_file():
         raise ModelError(f"{weights.parent}: {WEIGHTS_FILE} is missing")
-    if cfg.weights_sha256 and _sha256(weights) != cfg.weights_sha256:
+    if cfg.weights_sha256 and sha256_file(weights) != cfg.weights_sha256:
         raise ModelError(f"{weights}: checksum does not match config.json (file damaged or replaced)")
     try:
         return load_file(str(weights))

@@ -17,9 +17,7 @@ import numpy as np
 from .decision import DecisionRule
 from .formats import result
 from .errors import DatasetError, UsageError
-from .features import extract_features, make_loader
-from .images import IMAGE_EXTENSIONS
-from .model import PosterGenreModel
+from .images import IMAGE_EXTENSIONS, decoded_batches
 
 
 def iter_image_paths(inputs: Iterable[str | Path]) -> Iterator[Path]:
@@ -64,7 +62,7 @@ def predict_paths(
         walk = itertools.islice(walk, shard[0], None, shard[1])
     paths_iter = (str(p) for p in walk if not skip or str(p) not in skip)
     while block := list(itertools.islice(paths_iter, BLOCK)):
-        for idx, batch, errors in make_loader(block, model.preprocess, batch_size, workers):
+        for idx, batch, errors in decoded_batches(block, model.preprocess, batch_size, workers):
             scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
             masks = decision.apply(scores) if len(scores) else scores.astype(bool)
             by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
@@ -79,12 +77,14 @@ def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> t
     """Scores ``(N, G)`` and ``{index: error}`` for many files. A frozen PyTorch model goes
     through the feature cache, so evaluating on the posters it was trained on costs no
     extraction; any other model (an :class:`~postergenre.onnx_engine.OnnxModel` too) scores images."""
-    if isinstance(model, PosterGenreModel) and model.config.mode == "frozen":
+    if model.engine == "torch" and model.config.mode == "frozen":
+        from .features import extract_features
+
         feats, errors = extract_features(model.backbone_info, paths, model.preprocess, cache_dir, progress=progress)
         return model.predict_proba_features(feats), errors
     scores = np.zeros((len(paths), len(model.genres)), dtype=np.float32)
     errors: dict[int, str] = {}
-    for idx, batch, errs in make_loader(paths, model.preprocess, 32):
+    for idx, batch, errs in decoded_batches(paths, model.preprocess, 32):
         errors.update(errs)
         if batch is not None:
             scores[idx] = model.predict_proba_tensor(batch)
