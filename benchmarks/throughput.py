@@ -48,10 +48,11 @@ class StudyModel:
         self.genres = [f"g{i}" for i in range(n_genres)]
         self.preprocess = Preprocess((350, 350), IMAGENET_MEAN, IMAGENET_STD)
         self.decision = DecisionRule("top_k", 3)
+        self.engine = "torch"
 
     @torch.inference_mode()
     def predict_proba_tensor(self, batch: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.net(batch)).numpy()
+        return torch.sigmoid(self.net(torch.as_tensor(batch))).numpy()
 
 
 def batch_speed(model, paths, batch_size: int) -> dict:

@@ -47,3 +47,14 @@ def test_replaced_weights_do_not_meet_a_stale_export(tiny_model, tmp_path):
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     probe, _, err = _predict(poster, "--model", model, cache=tmp_path / "cache")
     assert probe["code"] == 2 and "checksum does not match" in err
+
+
+def test_keeping_freed_memory_is_on_for_pytorch_and_can_be_turned_off(tiny_model):
+    """build_backbone sets glibc's thresholds once (the fix for kernel time in PyTorch paths);
+    POSTERGENRE_KEEP_FREED_MEMORY=0 leaves the allocator alone."""
+    probe = ("import sys, postergenre._malloc as m; from postergenre.model import load_model; "
+             "load_model(sys.argv[1]); print(m._done)")
+    for value, expected in (("1", "True"), ("0", "False")):
+        env = dict(os.environ, POSTERGENRE_KEEP_FREED_MEMORY=value)
+        res = subprocess.run([sys.executable, "-c", probe, str(tiny_model)], capture_output=True, text=True, env=env, timeout=300)
+        assert res.stdout.strip().splitlines()[-1] == expected, res.stderr

@@ -50,7 +50,7 @@ class Recipe:
     seed: int = 0  # splits, initialisation and batch order
     patience: int = 10  # epochs without a better validation mAP before stopping
     device: str = "auto"
-    workers: int | None = None
+    workers: int | None = None  # decoding processes; default: 0 when fine-tuning on CPU, else up to 2
     # mode "tail": after the head, tune the last ``tail_blocks`` blocks + head conv on cached maps
     tail_blocks: int = 1
     tail_epochs: int = 6
@@ -82,6 +82,10 @@ class Recipe:
             r.image_size = 350
         if r.device == "auto":
             r.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if r.workers is None and not frozen and r.device == "cpu":
+            # Decoding is ~5% of a CPU training step; loader processes beside PyTorch's threads
+            # only contend for the cores (1 epoch on 300 posters: 60.9 s with 2 workers, 38.6 s without).
+            r.workers = 0
         return r
 
 

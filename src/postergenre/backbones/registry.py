@@ -136,6 +136,9 @@ def build_backbone(
 
     ``pretrained=False`` builds the bare architecture, for loading a saved model's own weights.
     """
+    from .._malloc import keep_freed_memory
+
+    keep_freed_memory()  # every PyTorch model starts here: no kernel time re-faulting activations
     spec = get_spec(name)
     size = tuple(input_size or spec.input_size)
     if pretrained:
