@@ -311,10 +311,21 @@ def test_data_check(tiny_data):
 
 
 def test_backbones_command():
+    from postergenre.recipe import DEFAULT_BACKBONE
+
     res = run("backbones")
     assert res.exit_code == 0
-    names = [line.split()[0] for line in res.stdout.strip().splitlines()]
-    assert {"efficientnet_lite0", "resnet50", "pixels"} <= set(names)
+    table, note = res.stdout.rstrip().split("\n\n")
+    header, *rows = table.splitlines()
+    assert header.split() == ["NAME", "INPUT", "FEATURES", "WEIGHTS", "SOURCE"]
+    # aligned: every column starts where its header does
+    starts = [header.index(word) for word in ("NAME", "INPUT", "FEATURES", "WEIGHTS")]
+    for row in rows:
+        assert all(row[i - 2:i] == "  " and row[i] != " " for i in starts[1:]), row
+    marked = {row[starts[0]:].split()[0]: row.startswith("*") for row in rows}
+    assert {"efficientnet_lite0", "resnet50", "pixels"} <= set(marked)
+    assert [name for name, star in marked.items() if star] == [DEFAULT_BACKBONE]
+    assert note.startswith("* the default")
 
 
 # --- the built-in model --------------------------------------------------------------------

@@ -1,9 +1,21 @@
-"""Streamed batch prediction: rows written as they are done, --resume after a crash, bounded blocks."""
+"""Streamed batch prediction: rows written as they are done, --resume after a crash or Ctrl-C,
+bounded blocks, a progress bar in a terminal."""
 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 import numpy as np
 import pytest
@@ -101,3 +113,66 @@ def test_blocks_bound_the_work_in_flight(tiny_model, many, monkeypatch):
     assert max(seen) == 2 and sum(seen) == N + 1
     assert [r["path"] for r in two] == [r["path"] for r in one]
     assert [r["predicted"] for r in two] == [r["predicted"] for r in one]
+
+
+# --- in a terminal: progress bar, Ctrl-C ------------------------------------------------------
+
+CLI = [sys.executable, "-m", "postergenre", "predict"]
+
+
+def _stderr_on_a_terminal(args: list[str], timeout: float = 120) -> tuple[int, str]:
+    """Run ``args`` with stderr on a pseudo-terminal (100 columns), as a user at a shell would."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks, deadline = [], time.time() + timeout
+    try:
+        while time.time() < deadline and select.select([master], [], [], deadline - time.time())[0]:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child has closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        return proc.wait(timeout=max(1.0, deadline - time.time())), b"".join(chunks).decode(errors="replace")
+    finally:
+        os.close(master)
+
+
+def test_a_terminal_gets_a_progress_bar_unless_quiet(tiny_model, many, tmp_path):
+    args = [*CLI, str(many), "--model", str(tiny_model), "--engine", "torch", "--output"]
+    rc, shown = _stderr_on_a_terminal(args + [str(tmp_path / "a.csv")])
+    assert rc == 0, shown
+    assert f"{N + 1}/{N + 1}" in shown and "poster" in shown  # count and rate ...
+    assert re.search(r"\d\d:\d\d<\d\d:\d\d", shown)  # ... elapsed < time left
+    rc, shown = _stderr_on_a_terminal(args + [str(tmp_path / "b.csv"), "--quiet"])
+    assert rc == 0 and f"wrote {tmp_path / 'b.csv'}" in shown and "/s" not in shown and f"/{N + 1}" not in shown
+
+
+def test_ctrl_c_keeps_whole_rows_and_resume_finishes(tiny_model, many, tmp_path):
+    posters = tmp_path / "posters"
+    posters.mkdir()
+    for i in range(400):  # enough that the run is still going when the signal comes
+        (posters / f"p{i:03d}.jpg").write_bytes((many / f"p{i % N}.jpg").read_bytes())
+    out = tmp_path / "out.csv"
+    args = [*CLI, str(posters), "--model", str(tiny_model), "--engine", "torch", "--output", str(out)]
+    proc = subprocess.Popen(args + ["--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while (not out.exists() or out.read_text().count("\n") < 4) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    said = re.fullmatch(r"interrupted: (\d+) rows saved to (.+); rerun with --resume", err.strip().splitlines()[-1])
+    assert said and said[2] == str(out), err
+    text = out.read_text()
+    rows = list(csv.DictReader(text.splitlines()))
+    assert text.endswith("\n") and len(rows) == int(said[1]) and 3 <= len(rows) < 400
+    assert all(r["error"] == "" and len(r["predicted"].split("|")) == 3 and None not in r and None not in r.values() for r in rows)
+    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"{400 - len(rows)} poster(s), {len(rows)} kept from before" in again.stderr
+    assert sorted(r["path"] for r in rows_of(out)) == sorted(str(p) for p in posters.iterdir())

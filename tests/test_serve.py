@@ -44,6 +44,9 @@ def test_health_and_genres(client, tiny_model):
     assert h["status"] == "ready" and h["model"] and h["version"] and h["engine"] == "torch"
     g = client.get("/api/genres").json()
     assert g["genres"] == load_model(tiny_model).genres and g["decision"]["k"] == 3
+    # what the page batches and checks by: 0.05 MB = 50,000 bytes (decimal megabytes)
+    assert h["limits"] == {"files_per_request": 32, "bytes_per_file": 50_000, "pixels_per_image": 200_000,
+                           "top_k_max": len(g["genres"])}
 
 
 def test_predict_answers_what_the_cli_answers(tiny_model, tmp_path):
@@ -82,9 +85,23 @@ def test_oversized_file_is_413(client):
     buf = io.BytesIO()
     Image.fromarray(big).save(buf, format="PNG")  # ~480 KB, above the 0.05 MB cap of this app
     res = post(client, ("big.png", buf.getvalue(), "image/png"))
-    assert res.status_code == 413 and "above the cap" in res.json()["error"]
+    size = len(buf.getvalue())
+    assert res.status_code == 413 and res.json()["error"] == f"big.png: {size / 1e6:.1f} MB, above the 0.05 MB cap"
     res = post(client, ("big.png", buf.getvalue(), "image/png"), ("ok.jpg", jpeg(), "image/jpeg"))
-    assert res.status_code == 200 and "above the cap" in res.json()[0]["error"] and res.json()[1]["error"] is None
+    assert res.status_code == 200 and "above the 0.05 MB cap" in res.json()[0]["error"] and res.json()[1]["error"] is None
+
+
+def test_sizes_are_written_in_megabytes():
+    from postergenre.serve import over_cap
+
+    assert over_cap(20_000_000, 10_000_000) == "20.0 MB, above the 10 MB cap"
+    assert over_cap(10_000_001, 10_000_000) == "10.000001 MB, above the 10 MB cap"  # never "10.0 above 10"
+    assert over_cap(10_040_000, 10_000_000) == "10.04 MB, above the 10 MB cap"
+
+
+def test_too_many_files_in_one_request_is_413(client):
+    res = post(client, *[(f"p{i}.jpg", b"x", "image/jpeg") for i in range(33)])
+    assert res.status_code == 413 and "above the cap of 32" in res.json()["error"]
 
 
 def test_too_many_pixels_is_422(client):
@@ -98,7 +115,7 @@ def test_body_over_the_request_cap_is_413_even_without_content_length(client):
         for _ in range(100):
             yield b"x" * 65536
     res = client.post("/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=zzz"})
-    assert res.status_code == 413 and "cap" in res.json()["error"]
+    assert res.status_code == 413 and "MB cap" in res.json()["error"]
 
 
 @pytest.mark.parametrize("body,ctype", [
@@ -113,10 +130,13 @@ def test_malformed_bodies_are_4xx(client, body, ctype):
     assert "error" in res.json() or "detail" in res.json()
 
 
-def test_bad_options_are_422(client):
+def test_bad_options_are_422(client, tiny_model):
     assert post(client, ("a.jpg", jpeg(), "image/jpeg"), decision="magic").status_code == 422
-    res = post(client, ("a.jpg", jpeg(), "image/jpeg"), top_k="0")
-    assert res.status_code == 422 and "top_k" in res.json()["error"]
+    n = len(load_model(tiny_model).genres)
+    for k in ("0", str(n + 1), "30"):  # 1..the model's genre count, not a fixed 25
+        res = post(client, ("a.jpg", jpeg(), "image/jpeg"), top_k=k)
+        assert res.status_code == 422 and res.json() == {"error": f"top_k is {k}: it must be from 1 to {n}, the number of genres the model scores"}
+    assert post(client, ("a.jpg", jpeg(), "image/jpeg"), top_k=str(n)).status_code == 200
     assert client.post("/api/predict", data={"top_k": "3"}).status_code == 422  # no file at all
 
 
@@ -132,8 +152,10 @@ def test_explain_returns_a_heatmap_png(client, tiny_model):
     img = Image.open(io.BytesIO(res.content))
     assert img.size == (60, 90)  # at the poster's own size
     assert 0.0 <= float(res.headers["x-score"]) <= 1.0
+    res = client.post("/api/explain", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data={"genre": genre.upper()})
+    assert res.status_code == 200  # any case
     res = client.post("/api/explain", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data={"genre": "Opera"})
-    assert res.status_code == 422 and "unknown genre" in res.json()["error"]
+    assert res.status_code == 422 and "unknown genre" in res.json()["error"] and genre in res.json()["error"]
     res = client.post("/api/explain", files={"file": ("a.jpg", b"text", "image/jpeg")}, data={"genre": genre})
     assert res.status_code == 422 and "not an image" in res.json()["error"]
 
@@ -155,8 +177,39 @@ def test_page_and_docs_are_served_without_external_resources(client):
     for asset in ("/static/app.js", "/static/style.css"):
         assert client.get(asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "http://" not in docs.text and "https://" not in docs.text
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css", "/favicon.ico", "/favicon.svg"):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/redoc").status_code == 404  # ReDoc would load from a CDN
     assert "/api/predict" in client.get("/openapi.json").json()["paths"]
+    samples = client.get("/api/samples").json()["samples"]
+    assert [s["name"] for s in samples] == [p.name for p in sample_posters()]
+    assert all(client.get(s["url"]).content == p.read_bytes() for s, p in zip(samples, sample_posters()))
+
+
+@pytest.mark.parametrize("suffix,fmt", [(".png", "PNG"), (".jpg", "JPEG"), (".JPEG", "JPEG"), (".webp", "WEBP")])
+def test_save_explanation_encodes_as_the_suffix_says(tiny_model, tmp_path, suffix, fmt):
+    from postergenre.explain import save_explanation
+
+    model = load_model(tiny_model)
+    out = tmp_path / f"x{suffix}"
+    score = save_explanation(model, Image.open(io.BytesIO(jpeg())), model.genres[0].lower(), out)
+    img = Image.open(out)
+    assert img.format == fmt and 0.0 <= score <= 1.0
+    assert img.width >= 360 and img.height > img.width * 90 / 60  # enlarged, with the caption strip under it
+
+
+def test_save_explanation_refuses_other_suffixes_and_genres(tiny_model, tmp_path):
+    from postergenre.errors import UsageError
+    from postergenre.explain import save_explanation
+
+    model = load_model(tiny_model)
+    with pytest.raises(UsageError, match=r"x\.gif: .*\.png, \.jpg, \.jpeg or \.webp"):
+        save_explanation(model, Image.new("RGB", (60, 90)), model.genres[0], tmp_path / "x.gif")
+    with pytest.raises(UsageError, match="unknown genre 'Opera'; choose one of: " + model.genres[0]):
+        save_explanation(model, Image.new("RGB", (60, 90)), "Opera", tmp_path / "x.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_onnx_file_model_serves_predictions(tmp_path, tiny_model):

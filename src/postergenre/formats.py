@@ -1,10 +1,13 @@
 """What the user gets back: the result record of one poster (:func:`result`), the output
-formats for results and metrics (one entry per format in each registry), the streamed
-``.csv``/``.jsonl`` result file and its shards. A new output field is a change here only."""
+formats for results and metrics (one entry per format in each registry), the format a file's
+extension names and the rule that a file the user named is never replaced unasked
+(:func:`check_overwrite`), the streamed ``.csv``/``.jsonl`` result file and its shards. A new
+output field is a change here only."""
 
 from __future__ import annotations
 
 import csv
+import glob
 import io
 import json
 import os
@@ -18,7 +21,7 @@ from .errors import UsageError
 
 
 def predictions_table(results: list[dict], show: int = 3) -> str:
-    """``endgame.jpg -> Action / Adventure / Sci-Fi   (Action 0.81, Adventure 0.62, ...)``."""
+    """``comedy.jpg -> Comedy / Romance / Drama   (Comedy 0.95, Romance 0.62, Drama 0.41)``."""
     lines = []
     for r in results:
         if r["error"]:
@@ -80,6 +83,40 @@ PREDICTION_FORMATS: dict[str, Callable[[list[dict]], str]] = {
     "jsonl": predictions_jsonl,
 }
 STREAM_SUFFIXES = {".csv": "csv", ".jsonl": "jsonl"}
+# The format a file's extension names; .txt holds the table.
+OUTPUT_SUFFIXES = {".txt": "table", ".json": "json", ".jsonl": "jsonl", ".csv": "csv"}
+
+
+def output_format(output: Path | None, fmt: str | None, formats=PREDICTION_FORMATS) -> str:
+    """The format to write: ``fmt`` if given, else the one ``output``'s extension names, else
+    ``table``. An unknown ``fmt``, an extension that names no format of ``formats`` (without
+    ``fmt``) or one that names another format than ``fmt`` is a UsageError."""
+    if fmt is not None and fmt not in formats:
+        raise UsageError(f"unknown format {fmt!r}; choose one of {', '.join(formats)}")
+    if output is None:
+        return fmt or "table"
+    implied = OUTPUT_SUFFIXES.get(output.suffix.lower())
+    if fmt is not None and implied is not None and fmt != implied:
+        raise UsageError(f"--format {fmt} does not match the output file {output.name} ({output.suffix} is {implied})")
+    if fmt is None and implied not in formats:
+        suffixes = ", ".join(s for s, f in OUTPUT_SUFFIXES.items() if f in formats)
+        raise UsageError(f"{output}: its extension {output.suffix or '(none)'!r} names none of the formats "
+                         f"{', '.join(formats)}; name a {suffixes} file or give --format")
+    return fmt or implied
+
+
+def check_overwrite(path: str | Path, force: bool = False, resume: bool = False, resumable: bool = False,
+                    folder: bool = False) -> None:
+    """Refuse to replace what is at ``path`` (a file, or a folder that is not empty): the user
+    named it, and it may be hours of work. ``force`` replaces it; ``resume`` continues it where
+    that makes sense (``resumable``). ``folder``: ``path`` is meant to be a folder."""
+    path = Path(path)
+    if not folder and path.is_dir():
+        raise UsageError(f"{path} is a folder; give a file name")
+    if force or (resume and resumable) or not path.exists() or (path.is_dir() and not any(path.iterdir())):
+        return
+    how = "--force to overwrite it" + (" or --resume to continue it" if resumable else "")
+    raise UsageError(f"{path} already exists; add {how}")
 
 
 class ResultStream:
@@ -177,31 +214,41 @@ def shard_path(path: str | Path, i: int, n: int) -> Path:
     return path.with_name(f"{path.stem}.shard-{i}-of-{n}{path.suffix}")
 
 
-def merge_shards(path: str | Path, remove: bool = True) -> tuple[Path, int]:
-    """Merge ``<stem>.shard-I-of-N<suffix>`` files (all N of them) into ``path``, rows sorted by
-    poster path, written atomically; returns (path, rows). Missing shards are an error."""
+def _find_shards(path: Path) -> dict[int, Path]:
+    """The shard files of ``path`` (``<stem>.shard-I-of-N<suffix>``), all N of them, by I."""
     import re
 
-    path = Path(path)
-    kind = STREAM_SUFFIXES.get(path.suffix.lower())
-    if kind is None:
-        raise UsageError(f"{path}: can merge only {' or '.join(STREAM_SUFFIXES)} outputs")
     pattern = re.compile(re.escape(path.stem) + r"\.shard-(\d+)-of-(\d+)" + re.escape(path.suffix) + "$")
-    found = {}
-    for f in path.parent.glob(f"{path.stem}.shard-*{path.suffix}"):
+    found: dict[int, dict[int, Path]] = {}
+    for f in path.parent.glob(f"{glob.escape(path.stem)}.shard-*{glob.escape(path.suffix)}"):
         if m := pattern.match(f.name):
             found.setdefault(int(m.group(2)), {})[int(m.group(1))] = f
-    if len(found) != 1:
-        raise UsageError(f"{path}: expected the shards of one run next to it, found {sum(map(len, found.values()))} "
-                         f"file(s) for {sorted(found) or 'no'} shard count(s)")
+    if not found:
+        raise UsageError(f"no shards found for {path} (expected {path.stem}.shard-I-of-N{path.suffix} next to it)")
+    if len(found) > 1:
+        runs = ", ".join(f"{len(files)} of {n}" for n, files in sorted(found.items()))
+        raise UsageError(f"{path}: shards of several runs lie next to it ({runs}); keep only one run's")
     (n, shards), = found.items()
     missing = sorted(set(range(n)) - set(shards))
     if missing:
         raise UsageError(f"{path}: shard(s) {', '.join(map(str, missing))} of {n} are missing")
+    return shards
+
+
+def merge_shards(path: str | Path, remove: bool = True, force: bool = False) -> tuple[Path, int]:
+    """Merge ``<stem>.shard-I-of-N<suffix>`` files (all N of them) into ``path``, rows sorted by
+    poster path, written atomically; returns (path, rows). Missing shards are an error, and so
+    is an existing ``path`` unless ``force``."""
+    path = Path(path)
+    kind = STREAM_SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise UsageError(f"{path}: can merge only {' or '.join(STREAM_SUFFIXES)} outputs")
+    shards = _find_shards(path)
+    check_overwrite(path, force=force)
     header, rows = None, []
-    for i in range(n):
+    for i in range(len(shards)):
         text = shards[i].read_text(encoding="utf-8")
-        if not text.endswith("\n") and text:
+        if not text.endswith("\n"):
             raise UsageError(f"{shards[i]}: its last row is cut (the shard did not finish); rerun it with --resume")
         lines = text.splitlines()
         if kind == "csv":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -117,16 +117,21 @@ class PosterGenreModel(nn.Module, ConfigAccessors):
         device = next(self.head.parameters()).device
         return torch.sigmoid(self.calibration(self.head(torch.as_tensor(features, device=device)))).float().cpu().numpy()
 
-    def predict_proba(self, images: Sequence) -> np.ndarray:
-        """Scores ``(N, G)`` for PIL images (any mode) or preprocessed tensors."""
-        from .images import _to_rgb
+    def predict_proba(self, images) -> np.ndarray:
+        """Scores ``(N, G)`` (columns: :attr:`genres`) for posters given as PIL images (any
+        mode), paths (``str``/``Path``), the bytes of image files, or preprocessed ``(3, H, W)``
+        tensors; one poster alone counts as a list of one. A path is decoded exactly as
+        ``postergenre predict`` decodes it; an unreadable one raises ImageLoadError naming it."""
+        from .pipelines import is_one_poster, poster_batch
 
-        pp = self.preprocess
-        xs = [im if torch.is_tensor(im) else pp(_to_rgb(im)) for im in images]
-        return self.predict_proba_tensor(torch.stack(xs))
+        one = is_one_poster(images) or (torch.is_tensor(images) and images.dim() == 3)
+        xs = [im if torch.is_tensor(im) else torch.from_numpy(poster_batch([im], self.preprocess)[0])
+              for im in ([images] if one else images)]
+        return self.predict_proba_tensor(torch.stack(xs)) if xs else np.zeros((0, len(self.genres)), dtype=np.float32)
 
-    def predict(self, images: Sequence, decision: DecisionRule | None = None) -> list[list[str]]:
-        """Predicted genre names per image, under ``decision`` (default: the model's rule)."""
+    def predict(self, images, decision: DecisionRule | None = None) -> list[list[str]]:
+        """Predicted genre names per poster (the inputs of :meth:`predict_proba`), under
+        ``decision`` (default: the model's rule)."""
         mask = (decision or self.decision).apply(self.predict_proba(images))
         return [[g for g, m in zip(self.genres, row) if m] for row in mask]
 
