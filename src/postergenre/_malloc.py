@@ -5,8 +5,8 @@ a fresh one for the next allocation. A PyTorch forward allocates and frees activ
 to hundreds of MB per batch, so each batch faulted them in again page by page: measured on 2
 cores, half the CPU time of ``evaluate --engine torch`` was kernel time (docs/performance.md).
 Raising the mmap and trim thresholds keeps those blocks for reuse: `evaluate --engine torch` on
-300 posters went from 28.4 s wall (22.7 s of it kernel time) to 16.0 s (2.6 s), at a higher
-peak RSS (1.8 -> 2.5 GB), since freed blocks stay mapped. ``POSTERGENRE_KEEP_FREED_MEMORY=0``
+300 posters went from 32.8 s wall (25.3 s of it kernel time) to 17.7 s (1.7 s), at a higher
+peak RSS (1.7 -> 2.4 GB), since freed blocks stay mapped. ``POSTERGENRE_KEEP_FREED_MEMORY=0``
 turns it off. The ONNX Runtime path never builds a PyTorch model, so it is not affected.
 """
 
