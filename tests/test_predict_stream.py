@@ -161,7 +161,10 @@ def test_ctrl_c_keeps_whole_rows_and_resume_finishes(tiny_model, many, tmp_path)
         (posters / f"p{i:03d}.jpg").write_bytes((many / f"p{i % N}.jpg").read_bytes())
     out = tmp_path / "out.csv"
     args = [*CLI, str(posters), "--model", str(tiny_model), "--engine", "torch", "--output", str(out)]
-    proc = subprocess.Popen(args + ["--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background ignores SIGINT for it, and the child would
+    # inherit that; a user's terminal does not, so give the child the default disposition.
+    proc = subprocess.Popen(args + ["--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while (not out.exists() or out.read_text().count("\n") < 4) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
