@@ -122,12 +122,9 @@ class Preprocess:
         return img.resize((self.size[1], self.size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
 
     def normalize(self, img: Image.Image) -> "torch.Tensor":
-        arr = np.asarray(img, dtype=np.float32) / 255.0
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
         import torch
 
-        return torch.from_numpy(((arr - mean) / std).transpose(2, 0, 1).copy())
+        return torch.from_numpy(self.normalize_pixels(np.asarray(img, dtype=np.uint8)[None])[0])
 
     def __call__(self, img: Image.Image) -> "torch.Tensor":
         return self.normalize(self.resize(img))
@@ -139,15 +136,14 @@ class Preprocess:
         return np.array(self.resize(img), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only arrays
 
     def normalize_batch(self, pixels: "torch.Tensor") -> "torch.Tensor":
-        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, exactly as :meth:`normalize` does one image."""
+        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32: :meth:`normalize_pixels` on a tensor."""
         import torch
 
-        mean = torch.tensor(self.mean, dtype=torch.float32)
-        std = torch.tensor(self.std, dtype=torch.float32)
-        return ((pixels.float() / 255.0 - mean) / std).permute(0, 3, 1, 2).contiguous()
+        return torch.from_numpy(self.normalize_pixels(pixels.numpy()))
 
     def normalize_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """:meth:`normalize_batch` in NumPy (no torch import): ``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32."""
+        """``(B, H, W, 3)`` uint8 -> ``(B, 3, H, W)`` float32, scaled to [0, 1] then ``(x - mean) / std``.
+        The one normalisation every path uses (NumPy: the ONNX path never imports torch)."""
         mean, std = np.asarray(self.mean, dtype=np.float32), np.asarray(self.std, dtype=np.float32)
         x = (pixels.astype(np.float32) / np.float32(255.0) - mean) / std
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
