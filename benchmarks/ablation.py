@@ -25,15 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from postergenre import metrics as M
+from postergenre.modeling import metrics as M
 from postergenre.backbones import build_backbone, get_spec
-from postergenre.data import load_dataset
-from postergenre.decision import DecisionRule, tune_thresholds
-from postergenre.features import extract_features, make_loader
-from postergenre.images import Preprocess
-from postergenre.model import HEADS
-from postergenre.loops import fit_head
-from postergenre.recipe import Recipe, recipe_split
+from postergenre.data.dataset import load_dataset
+from postergenre.modeling.decision import DecisionRule, tune_thresholds
+from postergenre.backbones.features import extract_features, make_loader
+from postergenre.data.images import Preprocess
+from postergenre.modeling.model import HEADS
+from postergenre.training.loops import fit_head
+from postergenre.training.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1)
 

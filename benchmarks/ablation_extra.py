@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from postergenre import metrics as M
+from postergenre.modeling import metrics as M
 from postergenre.backbones import build_backbone, get_spec
-from postergenre.calibration import fit_platt
-from postergenre.data import add_extra, load_dataset
-from postergenre.features import extract_features, row_layout
-from postergenre.images import Preprocess
-from postergenre.model import HEADS
-from postergenre.tail import TailNet, fit_tail, tail_logits
-from postergenre.loops import BestEpoch, History, close_epoch, fit_head
-from postergenre.recipe import Recipe, recipe_split
+from postergenre.modeling.calibration import fit_platt
+from postergenre.data.dataset import add_extra, load_dataset
+from postergenre.backbones.features import extract_features, row_layout
+from postergenre.data.images import Preprocess
+from postergenre.modeling.model import HEADS
+from postergenre.training.tail import TailNet, fit_tail, tail_logits
+from postergenre.training.loops import BestEpoch, History, close_epoch, fit_head
+from postergenre.training.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1, batch_size=64)
 

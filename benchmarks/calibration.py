@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from postergenre.calibration import Calibration, compare_calibrators
-from postergenre.data import load_dataset
-from postergenre.model import load_model, read_split
-from postergenre.predict import score_paths
-from postergenre.report import reliability_diagram
+from postergenre.modeling.calibration import Calibration, compare_calibrators
+from postergenre.data.dataset import load_dataset
+from postergenre.modeling.model import load_model, read_split
+from postergenre.inference.predict import score_paths
+from postergenre.modeling.reliability import reliability_diagram
 
 
 def main() -> None:

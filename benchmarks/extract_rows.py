@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/extract_rows.py --images ../shared/datasets/movie-posters/Images \
         --images ~/.cache/postergenre-data/extra-posters/Images [--engine onnx] [--cache-dir DIR]
 
-Runs :func:`postergenre.features.extract_features` with ``split`` = 15 (the default model's
+Runs :func:`postergenre.backbones.features.extract_features` with ``split`` = 15 (the default model's
 rows: the map before the last block, tap statistics, pooled features; float16) over all the
 ``.jpg`` files given, and prints posters/s. With the default cache dir the rows stay cached, so
 a following ``postergenre train --mode tail`` skips the extraction (use an empty
@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from postergenre.backbones import build_backbone, get_spec
-from postergenre.features import extract_features
-from postergenre.images import Preprocess
+from postergenre.backbones.features import extract_features
+from postergenre.data.images import Preprocess
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from postergenre.model import load_model
+from postergenre.modeling.model import load_model
 
 model = load_model()
 x = torch.randn(32, 3, 384, 256).contiguous(memory_format=torch.channels_last)

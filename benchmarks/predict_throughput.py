@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from postergenre.inference import load_scorer
-from postergenre.predict import iter_image_paths, predict_paths
+from postergenre.inference.scorer import load_scorer
+from postergenre.inference.predict import iter_image_paths, predict_paths
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 
 from postergenre.backbones import REGISTRY, build_backbone, get_spec
-from postergenre.data import load_dataset
-from postergenre.images import Preprocess
-from postergenre.train import Recipe, train
+from postergenre.data.dataset import load_dataset
+from postergenre.data.images import Preprocess
+from postergenre.training.train import Recipe, train
 
 KEYS = ["micro_recall_at_3", "precision_at_3", "mAP", "micro_f1", "macro_f1", "hamming_loss"]
 

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from postergenre.backbones import IMAGENET_MEAN, IMAGENET_STD
-from postergenre.decision import DecisionRule
-from postergenre.images import Preprocess
-from postergenre.inference import load_scorer
-from postergenre.predict import iter_image_paths, predict_paths
+from postergenre.modeling.decision import DecisionRule
+from postergenre.data.images import Preprocess
+from postergenre.inference.scorer import load_scorer
+from postergenre.inference.predict import iter_image_paths, predict_paths
 
 
 class StudyModel:

@@ -14,7 +14,7 @@ Every figure is a separate process measured by ``/usr/bin/time`` (wall, user, sy
   as is and with our allocator setting; ``x_study`` divides by the faster of the two.
 - ``extraction``: frozen features of ``--n`` posters into an empty cache (ONNX Runtime and PyTorch).
 - ``evaluate_torch`` / ``finetune_epoch``: the PyTorch paths on 300 posters, with and without
-  keeping freed memory in the heap (``POSTERGENRE_KEEP_FREED_MEMORY``; see ``_malloc.py``).
+  keeping freed memory in the heap (``POSTERGENRE_KEEP_FREED_MEMORY``; see ``backbones/_malloc.py``).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ CLI = [str(Path(sys.executable).parent / "postergenre")]
 
 STUDY = """
 import sys, time, numpy as np, torch, torchvision
-from postergenre.decision import DecisionRule
-from postergenre.images import Preprocess
-from postergenre.predict import iter_image_paths, predict_paths
+from postergenre.modeling.decision import DecisionRule
+from postergenre.data.images import Preprocess
+from postergenre.inference.predict import iter_image_paths, predict_paths
 class Study:
     engine, genres = "torch", [f"g{i}" for i in range(25)]
     preprocess = Preprocess((350, 350), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
@@ -49,7 +49,7 @@ class Study:
     def predict_proba_tensor(self, batch):
         return torch.sigmoid(self.net(torch.as_tensor(batch))).numpy()
 if sys.argv[2:] == ["keep"]:  # the same allocator setting our PyTorch paths get
-    from postergenre._malloc import keep_freed_memory
+    from postergenre.backbones._malloc import keep_freed_memory
     keep_freed_memory()
 n = sum(1 for _ in predict_paths(Study(), [sys.argv[1]], batch_size=33))
 print(n)
@@ -58,8 +58,8 @@ print(n)
 EXTRACT = """
 import sys
 from postergenre.backbones import build_backbone, get_spec
-from postergenre.features import extract_features
-from postergenre.predict import iter_image_paths
+from postergenre.backbones.features import extract_features
+from postergenre.inference.predict import iter_image_paths
 spec = get_spec("efficientnet_lite0_poster")
 paths = list(iter_image_paths([sys.argv[1]]))
 rows, errors = extract_features(build_backbone(spec.name), paths, spec.preprocess(), sys.argv[2], engine=sys.argv[3],

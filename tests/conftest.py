@@ -1,8 +1,10 @@
-"""Shared fixtures: a tiny generated poster dataset in the study's layout, and paths to ../shared."""
+"""Shared fixtures and helpers: a tiny generated poster dataset in the study's layout, a tiny model
+trained on it, a folder of posters, the ``postergenre`` command driven in-process, paths to ../shared."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +87,8 @@ def cache_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_data, cache_dir, tmp_path_factory) -> Path:
     """A frozen-mode model trained on the tiny dataset (EfficientNet-Lite0, offline weights)."""
-    from postergenre.data import load_dataset
-    from postergenre.train import Recipe, train
+    from postergenre.data.dataset import load_dataset
+    from postergenre.training.train import Recipe, train
 
     ds, _ = load_dataset(tiny_data)
     out = tmp_path_factory.mktemp("models") / "tiny"
@@ -97,3 +99,37 @@ def tiny_model(tiny_data, cache_dir, tmp_path_factory) -> Path:
 
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
+
+
+def run(*args: str):
+    """``postergenre ARGS...`` in this process (typer's CliRunner): ``.exit_code``, ``.stdout``, ``.stderr``."""
+    from typer.testing import CliRunner
+
+    from postergenre.app.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def poster_dir(tmp_path_factory) -> Path:
+    """Three good posters (one in a subfolder, one PNG) and a text file that is not an image."""
+    root = tmp_path_factory.mktemp("posters")
+    rng = np.random.default_rng(7)
+    make_poster(rng, {"Action"}).save(root / "action.jpg")
+    make_poster(rng, {"Comedy"}).save(root / "comedy.jpg")
+    (root / "sub" / "deeper").mkdir(parents=True)
+    make_poster(rng, {"Drama"}).save(root / "sub" / "deeper" / "drama.png")
+    (root / "readme.txt").write_text("not a poster, and not an image extension: skipped by the walk")
+    return root
+
+
+LINE = re.compile(r"^(?P<path>.+) -> (?P<genres>[^()]+?)   \((?P<detail>.+)\)$")
+
+
+def parse_table(output: str) -> dict[str, list[str]]:
+    out = {}
+    for line in output.strip().splitlines():
+        m = LINE.match(line)
+        assert m, f"unexpected line: {line!r}"
+        out[Path(m["path"]).name] = m["genres"].split(" / ")
+    return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import uuid
@@ -33,6 +34,17 @@ def atomic_bytes(path: str | Path, data: bytes) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def atomic_png(path: str | Path, fig) -> Path:
+    """Save the matplotlib figure ``fig`` as a PNG at ``path`` (a reader never sees half a PNG)
+    and close it."""
+    import matplotlib.pyplot as plt  # where a figure exists, pyplot is already loaded
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_bytes(path, buf.getvalue())
 
 
 def atomic_directory(out_dir: str | Path, write: Callable[[Path], None]) -> Path:

@@ -6,7 +6,11 @@ module registers its own entries when imported, and importing this package impor
 ``efficientnet_lite`` (Lite0/1/2, plain and poster-tuned), ``torchvision_family`` (MobileNetV2,
 ResNet-50 SSL, ResNet-50, VGG16, Inception-v3, EfficientNet-B0), ``pixels`` (raw pixels) and
 ``concat`` (backbones side by side). torchvision and efficientnet_lite_pytorch are imported only
-when a backbone of theirs is built.
+when a backbone of theirs is built. ``features`` runs a backbone over files: frozen feature
+extraction (ONNX Runtime, checked against PyTorch) with its on-disk cache; ``_malloc`` keeps
+freed memory in the heap while PyTorch runs (set by :func:`build_backbone`).
+
+May import: ``errors``, ``_io``, ``_export``, ``data``. Never ``text``, ``modeling`` or anything above them.
 """
 
 from ..errors import WeightsUnavailable

@@ -27,7 +27,7 @@ from .weights import load_state_dict_file, weights_fingerprint
 if TYPE_CHECKING:  # images imports PIL; only BackboneSpec.preprocess needs it, at call time
     from torch import nn
 
-    from ..images import Preprocess
+    from ..data.images import Preprocess
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -59,7 +59,7 @@ class BackboneSpec:
 
     def preprocess(self, size: tuple[int, int] | None = None) -> Preprocess:
         """How images become this backbone's input, at ``size`` (default: its own input size)."""
-        from ..images import Preprocess
+        from ..data.images import Preprocess
 
         return Preprocess(tuple(size or self.input_size), self.mean, self.std)
 
@@ -136,7 +136,7 @@ def build_backbone(
 
     ``pretrained=False`` builds the bare architecture, for loading a saved model's own weights.
     """
-    from .._malloc import keep_freed_memory
+    from ._malloc import keep_freed_memory
 
     keep_freed_memory()  # every PyTorch model starts here: no kernel time re-faulting activations
     spec = get_spec(name)

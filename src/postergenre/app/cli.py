@@ -1,0 +1,371 @@
+"""The ``postergenre`` command: a thin layer over the Python API.
+
+Each command parses its options, calls the API, and prints what came back. A
+:class:`~postergenre.errors.PosterGenreError` (a mistake the user can fix) is printed as one red
+line with exit code 2; any other exception is a bug and keeps its traceback. The help page,
+choice options and shared helpers live in :mod:`postergenre.app._clikit`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._clikit import (CALIBRATIONS, CONTEXT, DECISIONS, ENGINES, HEADS, LOSSES, METRICS_FORMATS, MODES,
+                      PREDICTION_FORMATS, SPLITS, App, backbones_table, choice, emit, parse_size, parse_weights,
+                      print_version)
+from ._clikit import reported as _reported
+
+app = App(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, context_settings=CONTEXT,
+          help="Predict a movie's genres from its poster.")
+data_app = App(no_args_is_help=True, context_settings=CONTEXT, help="Inspect a dataset, or build the extra training set.")
+app.add_typer(data_app, name="data")
+
+# Options several commands share.
+DataDir = Annotated[Optional[Path], typer.Option("--data", metavar="DIR", help="Dataset folder: DIR/train.csv + DIR/Images/<Id>.jpg.")]
+LabelsCsv = Annotated[Optional[Path], typer.Option("--labels", metavar="FILE", help="Labels CSV (instead of --data).")]
+ImagesDir = Annotated[Optional[Path], typer.Option("--images", metavar="DIR", help="Images folder (instead of --data).")]
+ScorerModel = Annotated[str, typer.Option("--model", "-m", metavar="MODEL", help="Model directory, an exported .onnx file, or 'default' (built in).")]
+TorchModel = Annotated[str, typer.Option("--model", "-m", metavar="MODEL", help="Model directory, or 'default' (built in).")]
+CacheDir = Annotated[Optional[Path], typer.Option("--cache-dir", metavar="DIR", help="Feature cache (default ~/.cache/postergenre).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars (they are shown only when stderr is a terminal).")]
+Force = Annotated[bool, typer.Option("--force", help="Overwrite the output if it exists (by default an existing one is refused).")]
+Workers = Annotated[Optional[int], typer.Option("--workers", min=0, metavar="N", help="Decoding workers (default: up to 2).")]
+
+
+def _warn(message: str) -> None:
+    typer.secho(message, fg=typer.colors.YELLOW, err=True)
+
+
+def _command_line() -> str | None:
+    """This process's command line, for the model card (None when the CLI runs inside another program)."""
+    return shlex.join(["postergenre", *sys.argv[1:]]) if Path(sys.argv[0]).name in ("postergenre", "__main__.py") else None
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", is_eager=True, callback=print_version, metavar="",
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+@app.command()
+def predict(
+    paths: List[Path] = typer.Argument(..., metavar="PATHS...", help="Poster files and/or folders (searched recursively)."),
+    model: ScorerModel = "default",
+    top_k: int = typer.Option(3, "--top-k", "-k", min=1, metavar="N", help="Genres per poster (top_k rule), or the most (thresholds rule)."),
+    decision: str = choice("top_k", "--decision", choices=DECISIONS, help="top_k: the N best genres (the study's rule); thresholds: those past their threshold tuned on validation."),
+    fmt: Optional[str] = choice(None, "--format", "-f", choices=PREDICTION_FORMATS, help="Default: the one --output's extension names (.txt table, .json, .jsonl, .csv), else table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write to FILE instead of stdout. .csv and .jsonl are written row by row as posters are done."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the rows already in --output (.csv/.jsonl) and skip their posters."),
+    force: Force = False,
+    batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Posters scored together (8: as fast as larger batches on CPU, a third of the memory)."),
+    workers: Workers = None,
+    device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda or cuda:N."),
+    engine: str = choice("auto", "--engine", choices=ENGINES, help="auto: ONNX Runtime on CPU (exported once into the cache), PyTorch on a GPU."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input fails (default: only if all fail)."),
+    shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Only this worker's share of the files (positions I, I+N, ...); "
+                                        "with --output FILE, writes FILE's shard file (join them with `postergenre merge FILE`). "
+                                        "Under torchrun: RANK/WORLD_SIZE, merged by rank 0."),
+    quiet: Quiet = False,
+):
+    """Print (or write) the genres of each poster."""
+    from ..inference.batch import run_predictions
+
+    try:
+        with _reported():
+            run = run_predictions(paths, model, decision=decision, top_k=top_k, fmt=fmt, output=output, resume=resume,
+                                  force=force, shard=shard, batch_size=batch_size, workers=workers, device=device,
+                                  engine=engine, progress=not quiet and sys.stderr.isatty())
+    except KeyboardInterrupt as exc:  # Interrupted says how many rows are safe in the output file
+        typer.secho(str(exc) or "interrupted", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
+    _report_run(run, strict)
+
+
+def _report_run(run, strict: bool) -> None:
+    if run.text is not None:
+        typer.echo(run.text)
+    elif run.streamed:
+        kept = f", {run.kept} kept from before" if run.kept is not None else ""
+        typer.secho(f"wrote {run.written}: {run.done} poster(s){kept}", err=True)
+    elif run.written is not None:
+        typer.secho(f"wrote {run.written}", err=True)
+    if run.merged:
+        merged, n_rows, n_shards = run.merged
+        typer.secho(f"merged {n_shards} shards into {merged}: {n_rows} poster(s)", err=True)
+    if run.failed:
+        _warn(f"{run.failed} of {run.done} input(s) could not be read")
+    if (run.done and run.failed == run.done) or (strict and run.failed):
+        raise typer.Exit(1)
+
+
+@app.command()
+def train(
+    data: DataDir = None,
+    labels: LabelsCsv = None,
+    images: ImagesDir = None,
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Model directory to write (an existing one needs --force or --resume)."),
+    backbone: str = typer.Option(None, "--backbone", metavar="NAME", help="Backbone name (see `postergenre backbones`; default: the one marked there)."),
+    extra_data: Optional[List[Path]] = typer.Option(None, "--extra-data", metavar="DIR", help="Another dataset folder (same layout) whose posters only join training; repeatable. Posters whose Id or image is already used are dropped (counted)."),
+    mode: str = choice("frozen", "--mode", choices=MODES, help="frozen (cached features + head), tail (+ the last blocks tuned on cached maps) or finetune (end to end)."),
+    tail_blocks: int = typer.Option(1, "--tail-blocks", min=0, metavar="N", help="Mode tail: how many of the last backbone blocks to tune (the head convolution always is)."),
+    tail_epochs: int = typer.Option(6, "--tail-epochs", min=1, metavar="N", help="Mode tail: epochs of tuning after the head is fitted."),
+    tail_lr: float = typer.Option(1e-4, "--tail-lr", metavar="LR", help="Mode tail: learning rate of the tuning."),
+    calibration: str = choice("platt", "--calibration", choices=CALIBRATIONS, help="Per-genre calibration of the scores, fitted on validation."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, metavar="N", help="Most epochs (default: 40 frozen, 25 finetune)."),
+    batch_size: int = typer.Option(33, "--batch-size", min=1, metavar="N", help="Posters per training step."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", metavar="N|HxW", help="Input size: N (square) or HxW, e.g. 384x256 (default: the backbone's; finetune: 350)."),
+    lr: Optional[float] = typer.Option(None, "--lr", metavar="LR", help="Learning rate (default: 3e-4 frozen, 1e-4 finetune)."),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", metavar="WD", help="Default: 0.05 frozen, 0 finetune."),
+    head: str = choice("mlp", "--head", choices=HEADS, help="The head on the backbone's features."),
+    hidden: int = typer.Option(512, "--hidden", metavar="N", help="Hidden units of the mlp head."),
+    heads: int = typer.Option(1, "--heads", min=1, metavar="N", help="Train an ensemble of this many heads (seeds seed, seed+1, ...); the model averages their logits."),
+    dropout: float = typer.Option(0.7, "--dropout", metavar="P", help="Dropout before each layer of the head."),
+    loss: str = choice("bce", "--loss", choices=LOSSES, help="bce, bce_balanced (class-balanced) or asl (asymmetric loss)."),
+    patience: int = typer.Option(10, "--patience", min=1, metavar="N", help="Stop after N epochs without a better validation mAP."),
+    val_fraction: float = typer.Option(0.15, "--val-fraction", metavar="F", help="Validation part (of what the test part leaves)."),
+    test_fraction: float = typer.Option(0.0, "--test-fraction", metavar="F", help="Keep this part aside, score it once at the end (test_metrics.json)."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the split, the initialisation and the batch order."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE", help="auto, cpu or cuda."),
+    weights: Optional[Path] = typer.Option(None, "--weights", metavar="FILE", help="Backbone weights file (torchvision state dict)."),
+    cache_dir: CacheDir = None,
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out posters whose image is missing or unreadable."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=2, metavar="N", help="Use only the first N posters (quick trials)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run from its last per-epoch checkpoint."),
+    force: Force = False,
+    workers: Workers = None,
+    quiet: Quiet = False,
+):
+    """Train a model on a dataset in the study's layout and save it to --out."""
+    from ..data.dataset import load_training_data
+    from ..inference.formats import check_overwrite
+    from ..training.train import DEFAULT_BACKBONE, Recipe
+    from ..training.train import train as run_train
+
+    with _reported(teardown=True):
+        size = parse_size(image_size) if image_size else None
+        check_overwrite(out, force=force, resume=resume, resumable=True, folder=True)
+        ds, extra_reports = load_training_data(data, labels, images, extra_data or [], skip_bad, limit, log=_warn)
+        recipe = Recipe(backbone=backbone or DEFAULT_BACKBONE, mode=mode, epochs=epochs, batch_size=batch_size, lr=lr,
+                        weight_decay=weight_decay, head=head, hidden=hidden, heads=heads, dropout=dropout, loss=loss, image_size=size,
+                        val_fraction=val_fraction, test_fraction=test_fraction, seed=seed, patience=patience, device=device,
+                        workers=workers, tail_blocks=tail_blocks, tail_epochs=tail_epochs, tail_lr=tail_lr,
+                        calibration=calibration, weights=str(weights) if weights else None)
+        m = run_train(ds, recipe, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(),
+                      data_source=str(data or labels), resume=resume, extra_reports=extra_reports)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports (and wrote the model)
+        _print_training(out, m.config.training)
+
+
+def _print_training(out: Path, record) -> None:
+    typer.echo(f"saved {out}  ({record.training_seconds} s)")
+    for part, scores in (("validation", record.validation_metrics), ("test", record.test_metrics)):
+        if scores:
+            typer.echo(f"{part}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
+
+
+@app.command()
+def evaluate(
+    data: DataDir = None,
+    labels: LabelsCsv = None,
+    images: ImagesDir = None,
+    model: ScorerModel = "default",
+    decision: Optional[str] = choice(None, "--decision", choices=DECISIONS, help="Default: the model's rule."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", "-k", min=1, metavar="N", help="Genres per poster (default: the model's, 3)."),
+    fmt: Optional[str] = choice(None, "--format", "-f", choices=METRICS_FORMATS, help="Default: the one --output's extension names (.txt table, .json), else table."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", metavar="FILE", help="Write the metrics to FILE instead of stdout."),
+    force: Force = False,
+    cache_dir: CacheDir = None,
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out posters whose image is missing or unreadable."),
+    only_split: Optional[str] = choice(None, "--only-split", choices=SPLITS, label="split", help="Only the posters of that part of the model's own split (split.json)."),
+    engine: str = choice("auto", "--engine", choices=ENGINES, help="auto: frozen models through the feature cache, others with ONNX Runtime."),
+    reliability: Optional[Path] = typer.Option(None, "--reliability", metavar="FILE", help="Also draw the reliability diagram (calibration) of the scores into this PNG."),
+    quiet: Quiet = False,
+):
+    """Evaluate a model on ALL labelled posters of a dataset (or, with --only-split, on one part of its training split)."""
+    from ..inference.formats import METRICS_FORMATS as FORMATS
+    from ..inference.formats import check_overwrite, output_format
+    from ..inference.predict import evaluate_model
+
+    with _reported():
+        fmt = output_format(output, fmt, FORMATS)
+        for path in (p for p in (output, reliability) if p is not None):
+            check_overwrite(path, force=force)
+        metrics = evaluate_model(model, data, labels, images, decision=decision, top_k=top_k, engine=engine,
+                                 cache_dir=cache_dir, skip_bad=skip_bad, only_split=only_split,
+                                 progress=not quiet and sys.stderr.isatty(), reliability_png=reliability)
+        emit(FORMATS[fmt](metrics), output)
+
+
+@app.command()
+def compare(
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Results folder (an existing one that is not empty needs --force or --resume)."),
+    backbones: str = typer.Option(..., "--backbones", metavar="NAME,NAME,...", help="Comma-separated backbone names."),
+    data: DataDir = None,
+    labels: LabelsCsv = None,
+    images: ImagesDir = None,
+    mode: str = choice("frozen", "--mode", choices=("frozen", "finetune"), help="Train each backbone frozen (features + head) or end to end."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, metavar="N", help="Most epochs per backbone (default: the mode's)."),
+    batch_size: int = typer.Option(33, "--batch-size", min=1, metavar="N", help="Posters per training step."),
+    image_size: Optional[str] = typer.Option(None, "--image-size", metavar="N|HxW", help="N or HxW (default: each backbone's own; finetune: 350)."),
+    test_fraction: float = typer.Option(0.15, "--test-fraction", metavar="F", help="Part of the posters kept aside to score every backbone on."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed of the split and of training."),
+    weights: List[str] = typer.Option([], "--weights", metavar="NAME=FILE", help="Local weights for a backbone (repeatable)."),
+    allow_random_init: bool = typer.Option(False, "--allow-random-init", help="Train backbones without pretrained weights on random ones (the row says so)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep the finished rows of an interrupted run."),
+    force: Force = False,
+    new_posters: Optional[Path] = typer.Option(None, "--new-posters", metavar="DIR", help="Posters for predictions.png (default: the sample posters shipped in the package)."),
+    cache_dir: CacheDir = None,
+    limit: Optional[int] = typer.Option(None, "--limit", min=4, metavar="N", help="Use only the first N posters (quick trials)."),
+    quiet: Quiet = False,
+):
+    """Train several backbones under one protocol and write the study's table and figures."""
+    from ..study.compare import CompareConfig
+    from ..study.compare import compare as run_compare
+    from ..data.dataset import load_dataset
+    from ..inference.formats import check_overwrite
+    from ..inference.onnx_engine import sample_posters
+    from ..inference.predict import iter_image_paths
+
+    with _reported():
+        named = parse_weights(weights)
+        check_overwrite(out, force=force, resume=resume, resumable=True, folder=True)
+        ds, _ = load_dataset(data, labels, images)
+        if limit:
+            ds = ds.subset(range(min(limit, len(ds))))
+        cfg = CompareConfig(backbones=[b.strip() for b in backbones.split(",") if b.strip()], mode=mode, epochs=epochs,
+                            batch_size=batch_size, image_size=parse_size(image_size) if image_size else None,
+                            test_fraction=test_fraction, seed=seed, weights=named, allow_random_init=allow_random_init)
+        posters = list(iter_image_paths([new_posters])) if new_posters else sample_posters()
+        run_compare(ds, cfg, out, cache_dir=cache_dir, resume=resume, progress=not quiet, new_posters=posters,
+                    log=lambda msg: typer.secho(msg, err=True))
+    typer.echo((Path(out) / "results.md").read_text())
+
+
+@app.command()
+def merge(
+    output: Path = typer.Argument(..., metavar="FILE", help="The merged file to write (FILE.csv or FILE.jsonl); its shards are FILE.shard-I-of-N.*"),
+    keep: bool = typer.Option(False, "--keep", help="Keep the shard files after merging."),
+    force: Force = False,
+):
+    """Join the outputs of `predict --shard I/N --output FILE` (all N shards) into FILE."""
+    from ..inference.formats import merge_shards
+
+    with _reported():
+        path, n = merge_shards(output, remove=not keep, force=force)
+    typer.echo(f"wrote {path}: {n} poster(s)")
+
+
+@app.command()
+def export(
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="The .onnx file to write."),
+    model: TorchModel = "default",
+    check: Optional[List[Path]] = typer.Option(None, "--check", metavar="PATH", help="Posters (files or folders) to verify ONNX Runtime against PyTorch on (default: the shipped samples)."),
+    force: Force = False,
+):
+    """Export a model (backbone + head + sigmoid, preprocessing in the metadata) to ONNX, verified to 1e-4."""
+    from .._io import writing
+    from ..errors import UsageError
+    from ..inference.formats import check_overwrite
+    from ..modeling.model import load_model
+    from ..inference.onnx_engine import export_onnx
+    from ..inference.predict import iter_image_paths
+
+    with _reported():
+        if out.suffix.lower() != ".onnx":
+            raise UsageError(f"{out}: the output file must end in .onnx")
+        check_overwrite(out, force=force)
+        torch_model = load_model(model)
+        with writing(out):
+            report = export_onnx(torch_model, out, list(iter_image_paths(check)) if check else None)
+    typer.echo(f"wrote {report['path']}  (ONNX Runtime vs PyTorch on {report['n_checked']} poster(s): max |diff| {report['max_abs_diff']:.1e})")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", metavar="HOST", help="Address to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, metavar="N", help="Port to listen on."),
+    model: ScorerModel = "default",
+    engine: str = choice("auto", "--engine", choices=ENGINES, help="As for predict."),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", min=0.001, metavar="MB", help="Largest accepted file."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", min=1, metavar="N", help="Largest accepted image (width x height)."),
+):
+    """Start the web page and HTTP API (FastAPI + uvicorn): open http://HOST:PORT/."""
+    from ..inference.scorer import check_engine
+    from .serve import run_server
+
+    with _reported():
+        check_engine(engine)
+    run_server(host, port, model=model, engine=engine, max_upload_mb=max_upload_mb, max_pixels=max_pixels)
+
+
+@app.command()
+def explain(
+    poster: Path = typer.Argument(..., metavar="FILE", help="The poster image."),
+    genre: str = typer.Option(..., "--genre", "-g", help="The genre to explain (any case)."),
+    out: Path = typer.Option(..., "--out", metavar="FILE", help="Image to write (.png, .jpg or .webp): the poster with the heatmap, a legend, the genre and its score."),
+    model: TorchModel = "default",
+    force: Force = False,
+):
+    """Grad-CAM heatmap of the regions of POSTER that drove GENRE's score."""
+    from .explain import save_explanation
+    from ..inference.formats import check_overwrite
+
+    with _reported():
+        check_overwrite(out, force=force)
+        score = save_explanation(model, poster, genre, out)
+    typer.echo(f"wrote {out}  ({genre} score {score:.3f})")
+
+
+@data_app.command("check")
+def data_check(
+    data: Optional[Path] = typer.Argument(None, metavar="DIR", help="Dataset folder (train.csv + Images/)."),
+    labels: LabelsCsv = None,
+    images: ImagesDir = None,
+    fmt: str = choice("table", "--format", "-f", choices=METRICS_FORMATS, help="The report as a table or as JSON."),
+    no_decode: bool = typer.Option(False, "--no-decode", help="Skip decoding every image (faster)."),
+):
+    """Report on a dataset: posters, labels per genre, duplicates, missing and unreadable images."""
+    from ..data.dataset import load_dataset
+
+    with _reported():
+        _, report = load_dataset(data, labels, images, skip_bad=True, verify_images=not no_decode)
+    typer.echo(json.dumps(report.to_dict(), indent=2) if fmt == "json" else report.to_text())
+
+
+@data_app.command("build-extra")
+def data_build_extra(
+    labels_repo: Path = typer.Option(..., "--labels-repo", metavar="DIR", help="Clone of d-misra/Multi-label-movie-poster-genre-classification."),
+    images_repo: Path = typer.Option(..., "--images-repo", metavar="DIR", help="Clone (or bare git dir) of srijonsarkar/Movie-Genre-Prediction."),
+    study: Path = typer.Option(..., "--study", metavar="DIR", help="The study's dataset (laxmimerit/Movies-Poster_Dataset): train.csv + Images/."),
+    out: Path = typer.Option(..., "--out", metavar="DIR", help="Folder to write train.csv + Images/ into (a rerun resumes: no --force needed)."),
+):
+    """Build the extra training set (the project's extra-posters) from clones of its public sources."""
+    from ..data.build_extra import build_extra_set
+
+    with _reported():
+        report = build_extra_set(labels_repo, images_repo, study, out)
+    typer.echo(report.to_text())
+
+
+@app.command()
+def backbones():
+    """List the registered backbones, their input size and where their weights come from."""
+    from ..backbones import REGISTRY
+    from ..training.recipe import DEFAULT_BACKBONE
+
+    typer.echo(backbones_table(REGISTRY, DEFAULT_BACKBONE))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

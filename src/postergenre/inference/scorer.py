@@ -1,0 +1,126 @@
+"""The one way to get a model ready to score posters: :func:`load_scorer`.
+
+A scorer is a PyTorch :class:`~postergenre.modeling.model.PosterGenreModel` or an ONNX Runtime
+:class:`~postergenre.inference.onnx_engine.OnnxModel`; both satisfy :class:`Scorer`, so the CLI, the API
+and evaluation never ask which one they hold.
+
+Engine rule (``engine="auto"``): ONNX Runtime on CPU (the model is exported once into the cache
+and verified then), PyTorch on a GPU or when the export cannot be made (with a warning). With
+``features=True`` (scoring a labelled dataset) a frozen-mode model stays in PyTorch, so the
+feature cache makes re-scoring posters it has seen free.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from ..data.images import Preprocess
+from ..errors import ExportError, UsageError
+from ..modeling.decision import DecisionRule
+
+ENGINES = ("auto", "torch", "onnx")
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What every scorer offers. Scores are ``(B, G)`` floats in [0, 1], one column per genre."""
+
+    engine: str  # "torch" or "onnx"
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def genres(self) -> list[str]: ...
+
+    @property
+    def preprocess(self) -> Preprocess: ...
+
+    @property
+    def decision(self) -> DecisionRule: ...
+
+    @property
+    def calibrated(self) -> bool: ...
+
+    def decision_rule(self, kind: str | None = None, k: int | None = None) -> DecisionRule: ...
+
+    def predict_proba_tensor(self, batch) -> np.ndarray: ...
+
+
+def is_onnx_path(model: str | Path | None) -> bool:
+    return model is not None and str(model).lower().endswith(".onnx")
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise UsageError(f"unknown engine {engine!r}: choose one of {', '.join(ENGINES)}")
+    return engine
+
+
+def load_scorer(model: str | Path | None = None, engine: str = "auto", device: str = "cpu",
+                cache_dir: str | Path | None = None, features: bool = False) -> Scorer:
+    """A model directory (``None``/"default": the built-in model) or an exported ``.onnx``
+    file, ready to score with ``engine`` (see the module docstring for ``auto``)."""
+    from .onnx_scorer import OnnxModel
+
+    check_engine(engine)
+    if is_onnx_path(model):
+        if engine == "torch":
+            raise UsageError(f"{model}: an .onnx model runs only with the onnx engine")
+        if not Path(model).is_file():
+            raise ExportError(f"{model}: file not found")
+        return OnnxModel(model)
+    if engine != "torch" and device == "cpu" and (cached := cached_scorer(model, cache_dir, features)) is not None:
+        return cached
+    from ..modeling.model import load_model
+
+    torch_model = load_model(model, device=device)
+    if features and engine == "auto" and torch_model.config.mode == "frozen":
+        return torch_model
+    return as_engine(torch_model, engine, cache_dir)
+
+
+def cached_scorer(model: str | Path | None, cache_dir: str | Path | None = None, features: bool = False):
+    """The model directory's export from the cache, found without building the model (so
+    without importing PyTorch), or ``None`` when there is none yet (or a frozen model is to
+    score a dataset through the feature cache). The export was verified against PyTorch when
+    it was made; its key is the config's fingerprint, which holds the weights' SHA-256, checked
+    here against ``model.safetensors`` so a replaced weights file never meets a stale export."""
+    from ..modeling.artifact import WEIGHTS_FILE, check_directory, read_config, resolve_model_path, sha256_file
+    from .onnx_scorer import OnnxModel, export_path
+
+    model_dir = resolve_model_path(model)
+    check_directory(model_dir)
+    config = read_config(model_dir)
+    path = export_path(config, cache_dir)
+    if (features and config.mode == "frozen") or not path.is_file() or not (model_dir / WEIGHTS_FILE).is_file():
+        return None
+    if config.weights_sha256 and sha256_file(model_dir / WEIGHTS_FILE) != config.weights_sha256:
+        return None  # load_model reports the damaged file
+    return OnnxModel(path)
+
+
+def as_engine(model, engine: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
+    """``model`` (a PyTorch model) as the scorer ``engine`` asks for: itself, or its cached export."""
+    from .onnx_engine import cached_export
+    from .onnx_scorer import OnnxModel
+
+    check_engine(engine)
+    if isinstance(model, OnnxModel):
+        if engine == "torch":
+            raise UsageError(f"{model.path}: an .onnx model runs only with the onnx engine")
+        return model
+    on_gpu = next(model.head.parameters()).device.type != "cpu"
+    if engine == "torch" or (engine == "auto" and on_gpu):
+        return model
+    try:
+        return OnnxModel(cached_export(model, cache_dir))
+    except (ExportError, ImportError, RuntimeError) as exc:
+        if engine == "onnx":
+            raise
+        warnings.warn(f"ONNX engine unavailable, using PyTorch: {exc}", stacklevel=2)
+        return model
