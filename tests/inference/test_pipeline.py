@@ -17,7 +17,7 @@ import postergenre
 from postergenre.errors import ImageLoadError, UsageError
 from postergenre.modeling.model import DEFAULT_MODEL_DIR, load_model
 
-from conftest import REPO, run
+from conftest import run
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +87,6 @@ def test_importing_the_package_stays_light():
     probe = "import sys, postergenre; print('postergenre.inference.pipelines' in sys.modules, 'numpy' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert res.stdout.split() == ["False", "False"], res.stderr
-
-
-def _readme_example() -> str:
-    text = (REPO / "README.md").read_text()
-    block = re.search(r"```python\n(import postergenre\n.*?)```", text, re.S)
-    assert block, "README: the pipeline example is missing"
-    return block[1]
-
-
-@pytest.mark.skipif(not (DEFAULT_MODEL_DIR / "config.json").is_file(), reason="no built-in default model")
-def test_the_readme_example_runs(monkeypatch, capsys):
-    monkeypatch.chdir(REPO)
-    exec(compile(_readme_example(), "README.md", "exec"), {})
-    printed = capsys.readouterr().out
-    assert re.search(r"\[\{'label': '[\w-]+', 'score': 0\.\d+\}", printed), printed
 
 
 def test_the_samples_are_what_their_readme_says():
