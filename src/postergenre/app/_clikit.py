@@ -184,3 +184,40 @@ def backbones_table(specs: dict, default: str) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines + ["", "* the default (train without --backbone)"])
+
+
+def warn(message: str) -> None:
+    typer.secho(message, fg=typer.colors.YELLOW, err=True)
+
+
+def report_run(run, strict: bool) -> None:
+    if run.text is not None:
+        typer.echo(run.text)
+    elif run.streamed:
+        kept = f", {run.kept} kept from before" if run.kept is not None else ""
+        typer.secho(f"wrote {run.written}: {run.done} poster(s){kept}", err=True)
+    elif run.written is not None:
+        typer.secho(f"wrote {run.written}", err=True)
+    if run.merged:
+        merged, n_rows, n_shards = run.merged
+        typer.secho(f"merged {n_shards} shards into {merged}: {n_rows} poster(s)", err=True)
+    if run.failed:
+        warn(f"{run.failed} of {run.done} input(s) could not be read")
+    if (run.done and run.failed == run.done) or (strict and run.failed):
+        raise typer.Exit(1)
+
+
+def print_training(out: Path, record) -> None:
+    typer.echo(f"saved {out}  ({record.training_seconds} s)")
+    for part, scores in (("validation", record.validation_metrics), ("test", record.test_metrics)):
+        if scores:
+            typer.echo(f"{part}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
+
+
+def fit_text_branch(model_dir: Path, dataset, cache_dir, quiet: bool) -> None:
+    from ..training.text import fit_text
+
+    report = fit_text(model_dir, dataset, cache_dir=cache_dir, progress=not quiet, log=warn)
+    for part in ("text_off", "text_on"):
+        m = report[part]
+        typer.echo(f"validation, {part.replace('_', ' ')}: micro_recall_at_3 {m['micro_recall_at_3']:.4f}, mAP {m['mAP']:.4f}, ece {m['ece']:.4f}")

@@ -110,15 +110,19 @@ class ModelHolder:
     def __init__(self, model: str | None, engine: str):
         self.model_arg, self.engine = model, engine
         self.status, self.error = "loading", None
-        self.scorer = self._torch_model = None
+        self.scorer = self._torch_model = self.text = None
         self.ready = threading.Event()
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        from ..inference.scorer import load_scorer
+        from ..inference.scorer import load_scorer, load_text_reader
 
         try:
             self.scorer = load_scorer(self.model_arg, self.engine)
+            try:
+                self.text = load_text_reader(self.model_arg)
+            except UsageError:  # an image-only model (or an .onnx file): the page hides the switch
+                self.text = None
             self.status = "ready"
         except Exception as exc:  # noqa: BLE001 - reported by /api/health, the server stays up
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -193,8 +197,9 @@ async def read_upload(f: UploadFile, max_bytes: int) -> Upload:
     return name, data, None
 
 
-def score(state: ServerState, items: list[Upload], top_k: int, decision: str) -> list[dict]:
-    """Decode, preprocess and score (in the inference thread); one result per upload, in order."""
+def score(state: ServerState, items: list[Upload], top_k: int, decision: str, text: bool = False) -> list[dict]:
+    """Decode, preprocess and score (in the inference thread); one result per upload, in order.
+    ``text``: read each poster's words and fuse them in (when the model has a text branch)."""
     import torch
 
     from ..inference.formats import result
@@ -215,8 +220,12 @@ def score(state: ServerState, items: list[Upload], top_k: int, decision: str) ->
         out[i] = result(name, None, None, m.genres, err)
     if good:
         scores = m.predict_proba_tensor(torch.stack(tensors))
-        for i, s, mask in zip(good, scores, rule.apply(scores)):
-            out[i] = result(items[i][0], s, mask, m.genres)
+        reader = state.holder.text if text else None
+        texts = reader.read([items[i][1] for i in good]) if reader is not None else [None] * len(good)
+        if reader is not None:
+            scores = reader.combine(scores, texts)
+        for i, s, mask, t in zip(good, scores, rule.apply(scores), texts):
+            out[i] = result(items[i][0], s, mask, m.genres, text=t)
     return out
 
 
@@ -245,7 +254,7 @@ async def health(state: ServerState = Depends(server_state)):
     body = {"status": holder.status, "version": __version__, "model": None, "engine": None, "limits": limits(state)}
     if holder.status == "ready":
         body.update(model=holder.scorer.name, engine=holder.scorer.engine, genres=len(holder.scorer.genres),
-                    calibrated=holder.scorer.calibrated)
+                    calibrated=holder.scorer.calibrated, text=holder.text is not None)
     if holder.error:
         body["error"] = holder.error
     return JSONResponse(body, status_code=200 if holder.status == "ready" else 503)
@@ -272,6 +281,8 @@ async def predict(
     top_k: int = Form(3, description="Genres per poster (or the most, under thresholds): 1..the model's genre count "
                                      "(GET /api/health: limits.top_k_max)."),
     decision: str = Form("top_k", description="top_k or thresholds"),
+    text: bool = Form(True, description="Read the poster's words (OCR) and fuse them in, where the model has a text "
+                                        "branch (GET /api/health: text); each result then carries what was read."),
     state: ServerState = Depends(server_state),
 ):
     """Genres of each uploaded poster, as `postergenre predict --format json`."""
@@ -285,7 +296,7 @@ async def predict(
     if len(file) > MAX_FILES:
         return error(413, f"{len(file)} files in one request, above the cap of {MAX_FILES}: send them in batches")
     items = [await read_upload(f, state.max_bytes) for f in file]
-    results = await state.run(score, state, items, top_k, decision)
+    results = await state.run(score, state, items, top_k, decision, text)
     errors = [r["error"] for r in results if r["error"]]
     if len(errors) < len(results):
         return results

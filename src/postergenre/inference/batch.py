@@ -18,7 +18,7 @@ from ..errors import UsageError
 from .._io import atomic_file, writing
 from .formats import PREDICTION_FORMATS, STREAM_SUFFIXES, ResultStream, check_overwrite, merge_shards, output_format, shard_path
 from .predict import PREDICT_BATCH, count_images, predict_paths
-from .scorer import load_scorer
+from .scorer import load_scorer, load_text_reader
 
 NOTHING_FOUND = "no image files found in the given paths"
 
@@ -82,7 +82,7 @@ def _this_process(shard: str | None) -> tuple[distributed.Dist, tuple[int, int] 
 def run_predictions(paths: Iterable[str | Path], model: str | Path | None = "default", *, decision: str = "top_k",
                     top_k: int = 3, fmt: str | None = None, output: Path | None = None, resume: bool = False,
                     force: bool = False, shard: str | None = None, batch_size: int = PREDICT_BATCH, workers: int | None = None,
-                    device: str = "cpu", engine: str = "auto", progress: bool = False) -> PredictionRun:
+                    device: str = "cpu", engine: str = "auto", progress: bool = False, text: bool = False) -> PredictionRun:
     """Predict every poster under ``paths`` with ``model`` and deliver the results.
 
     ``fmt``: a key of :data:`~postergenre.inference.formats.PREDICTION_FORMATS` (default: the one
@@ -92,6 +92,7 @@ def run_predictions(paths: Iterable[str | Path], model: str | Path | None = "def
     written at once. An existing ``output`` is refused unless ``force`` (or ``resume``).
     ``shard="I/N"`` takes positions I, I+N, ... and writes that shard's file (see
     :func:`~postergenre.inference.formats.shard_path`). ``progress``: a progress bar on stderr.
+    ``text``: read each poster with OCR and fuse its text into the scores (the model's text branch).
     """
     paths = list(paths)  # walked twice when a progress bar needs the total
     dist = distributed.SINGLE
@@ -100,11 +101,13 @@ def run_predictions(paths: Iterable[str | Path], model: str | Path | None = "def
         target = _target(Path(output) if output else None, fmt, resume, force, shard_ix)
         if dist.enabled and target.stream:  # rank 0 will write the merged file the user named
             check_overwrite(target.final, force=force or resume)
+        reader = load_text_reader(model) if text else None
         scorer = load_scorer(model, engine, device=device)
         rule = scorer.decision_rule(decision, top_k)
 
         def predicted(skip: set[str] | None = None):
-            results = predict_paths(scorer, paths, rule, batch_size=batch_size, workers=workers, skip=skip, shard=shard_ix)
+            results = predict_paths(scorer, paths, rule, batch_size=batch_size, workers=workers, skip=skip, shard=shard_ix,
+                                    text=reader)
             return _with_bar(results, count_images(paths, skip, shard_ix)) if progress else results
 
         run = _stream(target, scorer.genres, resume, predicted) if target.stream else _collect(target, predicted())

@@ -30,39 +30,47 @@ def predictions_table(results: list[dict], show: int = 3) -> str:
         scores = {g["genre"]: g["score"] for g in r["genres"]}
         shown = r["predicted"] + [g["genre"] for g in r["genres"] if g["genre"] not in r["predicted"]][: max(0, show - len(r["predicted"]))]
         detail = ", ".join(f"{g} {scores[g]:.2f}" for g in shown)
-        lines.append(f"{r['path']} -> {' / '.join(r['predicted'])}   ({detail})")
+        read = f"   [read: {_short(r['text'])}]" if r.get("text") else ""
+        lines.append(f"{r['path']} -> {' / '.join(r['predicted'])}   ({detail}){read}")
     return "\n".join(lines)
+
+
+def _short(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[:width - 3] + "..."
 
 
 def predictions_json(results: list[dict]) -> str:
     return json.dumps(results, indent=2, ensure_ascii=False)
 
 
-def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres: list[str], error: str | None = None) -> dict:
+def result(path: str, scores: np.ndarray | None, mask: np.ndarray | None, genres: list[str], error: str | None = None,
+           text: str | None = None) -> dict:
     """One poster's result, the record every output format writes: ``{"path", "genres": [{"genre",
-    "score"}, ... all genres by score], "predicted": [...], "error"}`` (``scores``/``mask`` ``(G,)``)."""
+    "score"}, ... all genres by score], "predicted": [...], "text", "error"}`` (``scores``/``mask``
+    ``(G,)``; ``text``: what OCR read on the poster, ``None`` when text is off)."""
     if error is not None:
-        return {"path": path, "genres": [], "predicted": [], "error": error}
+        return {"path": path, "genres": [], "predicted": [], "text": None, "error": error}
     order = np.argsort(-scores, kind="stable")
     return {
         "path": path,
         "genres": [{"genre": genres[g], "score": round(float(scores[g]), 6)} for g in order],
         "predicted": [genres[g] for g in order if mask[g]],
+        "text": text,
         "error": None,
     }
 
 
 def _csv_header(genres: list[str]) -> list[str]:
-    return ["path", "predicted", "error", *genres]
+    return ["path", "predicted", "error", "text", *genres]
 
 
 def _csv_row(r: dict, genres: list[str]) -> list:
     scores = {g["genre"]: g["score"] for g in r["genres"]}
-    return [r["path"], "|".join(r["predicted"]), r["error"] or "", *(scores.get(g, "") for g in genres)]
+    return [r["path"], "|".join(r["predicted"]), r["error"] or "", r.get("text") or "", *(scores.get(g, "") for g in genres)]
 
 
 def predictions_csv(results: list[dict]) -> str:
-    """One row per poster: path, predicted (``|``-joined), error, then one score column per genre."""
+    """One row per poster: path, predicted (``|``-joined), error, text (what OCR read; empty when text is off), then one score column per genre."""
     genres = next((sorted(g["genre"] for g in r["genres"]) for r in results if r["genres"]), [])
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
@@ -156,7 +164,7 @@ class ResultStream:
         if self.kind == "csv":
             rows = list(csv.reader(io.StringIO(text)))
             if not rows or rows[0] != _csv_header(self.genres):
-                raise UsageError(f"{self.path}: cannot resume, its header is not this model's (path, predicted, error, then its genres)")
+                raise UsageError(f"{self.path}: cannot resume, its header is not this model's (path, predicted, error, text, then its genres)")
             self.done = {row[0] for row in rows[1:] if row}
         else:
             for n, line in enumerate(text.splitlines(), 1):

@@ -29,15 +29,25 @@ class PosterPipeline:
     """Genres with scores for posters; made by :func:`pipeline`. ``scorer``: the loaded model
     (a :class:`~postergenre.inference.scorer.Scorer`: its ``genres``, ``decision``, ...)."""
 
-    def __init__(self, scorer, batch_size: int = 8):
+    def __init__(self, scorer, batch_size: int = 8, text=None):
         self.scorer = scorer
         self.batch_size = batch_size
+        self.text = text  # a TextReader: the poster's words are read and fused in
 
     def scores(self, posters: Sequence[Poster]) -> np.ndarray:
         """Scores ``(N, G)`` in [0, 1], one column per genre of ``scorer.genres``."""
         parts = [self.scorer.predict_proba_tensor(poster_batch(posters[i:i + self.batch_size], self.scorer.preprocess))
                  for i in range(0, len(posters), self.batch_size)]
-        return np.concatenate(parts) if parts else np.zeros((0, len(self.scorer.genres)), dtype=np.float32)
+        scores = np.concatenate(parts) if parts else np.zeros((0, len(self.scorer.genres)), dtype=np.float32)
+        return self.text.combine(scores, self.read(posters)) if self.text is not None and len(posters) else scores
+
+    def read(self, posters: Poster | Sequence[Poster]) -> str | list[str]:
+        """What OCR reads on each poster (``""``: nothing); needs ``pipeline(..., text=True)``."""
+        if self.text is None:
+            raise UsageError("this pipeline reads no text: make it with pipeline(..., text=True)")
+        one = is_one_poster(posters)
+        texts = self.text.read([posters] if one else list(posters))
+        return texts[0] if one else texts
 
     def __call__(self, posters: Poster | Sequence[Poster], top_k: int | None = 3) -> list:
         """``[{"label": genre, "score": s}, ...]`` best first for one poster, or a list of such
@@ -55,14 +65,19 @@ class PosterPipeline:
 
 
 def pipeline(model: Any = "default", engine: str = "auto", *, device: str = "cpu", cache_dir: str | Path | None = None,
-             batch_size: int = 8) -> PosterPipeline:
+             batch_size: int = 8, text: bool = False) -> PosterPipeline:
     """A callable ``pipe(posters, top_k=3)`` for ``model``: ``"default"`` (built in), a model
     directory, an exported ``.onnx`` file, or a model already loaded (``load_model``/``load_scorer``).
-    ``engine``: ``auto`` (ONNX Runtime on CPU, exported once into the cache), ``torch`` or ``onnx``."""
-    from .scorer import as_engine, load_scorer
+    ``engine``: ``auto`` (ONNX Runtime on CPU, exported once into the cache), ``torch`` or ``onnx``.
+    ``text``: also read each poster's words (OCR) and fuse them in (a model directory with a text branch)."""
+    from .scorer import as_engine, load_scorer, load_text_reader
 
     if model is None or isinstance(model, (str, os.PathLike)):
         scorer = load_scorer(model, engine, device=device, cache_dir=cache_dir)
+        reader = load_text_reader(model, cache_dir) if text else None
     else:
+        if text:
+            raise UsageError("pipeline(text=True) needs the model's directory (or 'default'), not a loaded model")
         scorer = as_engine(model, engine, cache_dir)
-    return PosterPipeline(scorer, batch_size)
+        reader = None
+    return PosterPipeline(scorer, batch_size, reader)

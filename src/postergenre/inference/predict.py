@@ -17,6 +17,7 @@ import numpy as np
 from ..data.images import IMAGE_EXTENSIONS, decoded_batches
 from ..errors import DatasetError, UsageError
 from ..modeling.decision import DecisionRule
+from ..modeling.scoring import score_images
 from .formats import result
 
 
@@ -61,6 +62,7 @@ def predict_paths(
     workers: int | None = None,
     skip: set[str] | None = None,
     shard: tuple[int, int] | None = None,
+    text=None,
 ) -> Iterator[dict]:
     """Predict every image under ``inputs``; yields one result dict per file, in order.
 
@@ -68,21 +70,25 @@ def predict_paths(
     The file list is streamed in blocks of :data:`BLOCK` (decoded in parallel by loader
     workers), so memory does not grow with the number of inputs. Paths in ``skip`` are left out.
     ``shard=(i, n)``: only the files at positions i, i + n, ... of the sorted walk, so n workers
-    split a catalogue without overlap.
+    split a catalogue without overlap. ``text``: a :class:`~postergenre.inference.scorer.TextReader`
+    (the model's text branch): each poster is read with OCR and its scores fused with its text.
     """
     decision = decision or model.decision
     genres = model.genres
     paths_iter = _files_to_do(inputs, skip, shard)
     while block := list(itertools.islice(paths_iter, BLOCK)):
+        texts = text.read(block) if text is not None else [None] * len(block)
         for idx, batch, errors in decoded_batches(block, model.preprocess, batch_size, workers):
             scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
+            if text is not None and len(scores):
+                scores = text.combine(scores, [texts[i] for i in idx])
             masks = decision.apply(scores) if len(scores) else scores.astype(bool)
             by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
             for i in sorted(list(idx) + list(errors)):
                 if i in errors:
                     yield result(block[i], None, None, genres, errors[i])
                 else:
-                    yield result(block[i], *by_index[i], genres)
+                    yield result(block[i], *by_index[i], genres, text=texts[i])
 
 
 def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
@@ -94,20 +100,15 @@ def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> t
 
         feats, errors = extract_features(model.backbone_info, paths, model.preprocess, cache_dir, progress=progress)
         return model.predict_proba_features(feats), errors
-    scores = np.zeros((len(paths), len(model.genres)), dtype=np.float32)
-    errors: dict[int, str] = {}
-    for idx, batch, errs in decoded_batches(paths, model.preprocess, 32):
-        errors.update(errs)
-        if batch is not None:
-            scores[idx] = model.predict_proba_tensor(batch)
-    return scores, errors
+    return score_images(model, paths)
 
 
 def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache_dir=None, progress: bool = False,
-                     reliability_png: str | Path | None = None) -> dict:
+                     reliability_png: str | Path | None = None, text=None) -> dict:
     """All metrics (see :func:`postergenre.modeling.metrics.evaluate`) of ``model`` on every poster of
     ``dataset``; the dataset's genres are matched to the model's by name. With ``reliability_png``,
-    also draws the reliability diagram of the scores there."""
+    also draws the reliability diagram of the scores there. ``text``: a
+    :class:`~postergenre.inference.scorer.TextReader`, to score with the posters' text fused in."""
     from ..modeling.metrics import evaluate
 
     missing = [g for g in dataset.genres if g not in model.genres]
@@ -116,6 +117,8 @@ def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache
     scores, errors = score_paths(model, dataset.paths, cache_dir, progress)
     if errors:
         raise DatasetError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
+    if text is not None:
+        scores = text.combine(scores, text.read(dataset.paths))
     cols = [model.genres.index(g) for g in dataset.genres]
     y = np.zeros((len(dataset), len(model.genres)), dtype=int)
     y[:, cols] = dataset.labels
@@ -131,13 +134,17 @@ def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache
 def evaluate_model(model: str | Path | None = "default", data: str | Path | None = None, labels: str | Path | None = None,
                    images: str | Path | None = None, *, decision: str | None = None, top_k: int | None = None,
                    engine: str = "auto", cache_dir: str | Path | None = None, skip_bad: bool = False,
-                   only_split: str | None = None, progress: bool = False, reliability_png: str | Path | None = None) -> dict:
+                   only_split: str | None = None, progress: bool = False, reliability_png: str | Path | None = None,
+                   text: bool = False) -> dict:
     """``postergenre evaluate`` as one call: load the dataset (``data`` folder, or ``labels`` +
     ``images``) and the scorer, keep only the ``only_split`` part of the model's own split
     (``split.json``: train, val or test) if asked, and return :func:`evaluate_dataset`'s metrics
-    under the model's decision rule with ``decision``/``top_k`` overridden where given."""
+    under the model's decision rule with ``decision``/``top_k`` overridden where given.
+    ``text``: fuse each poster's OCR text into its scores (the model's text branch)."""
     from ..data.dataset import load_dataset
-    from .scorer import load_scorer
+    from .scorer import load_scorer, load_text_reader
+
+    reader = load_text_reader(model, cache_dir) if text else None
 
     dataset, _ = load_dataset(data, labels, images, skip_bad=skip_bad)
     scorer = load_scorer(model, engine, cache_dir=cache_dir, features=True)
@@ -149,4 +156,4 @@ def evaluate_model(model: str | Path | None = "default", data: str | Path | None
             raise UsageError(f"--only-split must be one of {', '.join(parts)} (the parts in the model's split.json), not {only_split!r}")
         dataset = dataset.subset_ids(parts[only_split])
     return evaluate_dataset(scorer, dataset, scorer.decision_rule(decision, top_k), cache_dir, progress=progress,
-                            reliability_png=reliability_png)
+                            reliability_png=reliability_png, text=reader)

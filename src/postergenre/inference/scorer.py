@@ -124,3 +124,45 @@ def as_engine(model, engine: str = "auto", cache_dir: str | Path | None = None) 
             raise
         warnings.warn(f"ONNX engine unavailable, using PyTorch: {exc}", stacklevel=2)
         return model
+
+
+class TextReader:
+    """A model's text branch at prediction time: reads posters with OCR (through the OCR cache)
+    and fuses their text with the image scores (:class:`~postergenre.text.branch.TextBranch`)."""
+
+    def __init__(self, branch, cache_dir: str | Path | None = None, workers: int | None = None):
+        self.branch, self.cache_dir, self.workers = branch, cache_dir, workers
+        self._reader = None
+
+    def read(self, posters: list) -> list[str]:
+        """The text on each poster: a path, the bytes of an image file or a PIL image."""
+        from ..text.ocr import OcrReader, read_posters, text_of
+
+        files = [i for i, p in enumerate(posters) if not hasattr(p, "convert")]
+        out = [""] * len(posters)
+        for i, t in zip(files, read_posters([posters[i] for i in files], self.branch.ocr, self.cache_dir, self.workers)):
+            out[i] = t
+        for i in set(range(len(posters))) - set(files):  # a PIL image has no file bytes to key the cache with
+            self._reader = self._reader or OcrReader(self.branch.ocr)
+            lines = self._reader.read_image(posters[i])
+            out[i] = text_of({"lines": lines}, self.branch.ocr.min_score)
+        return out
+
+    def combine(self, scores: np.ndarray, texts: list[str]) -> np.ndarray:
+        return self.branch.combine(scores, texts)
+
+
+def load_text_reader(model: str | Path | None = None, cache_dir: str | Path | None = None,
+                     workers: int | None = None) -> TextReader:
+    """The text branch of a model directory (``None``/"default": the built-in model), ready to
+    read posters; UsageError when the model has none (an ``.onnx`` file holds the image branch only)."""
+    from ..modeling.artifact import read_config, resolve_model_path
+    from ..text.branch import TextBranch
+
+    if is_onnx_path(model):
+        raise UsageError(f"{model}: an exported .onnx file holds the image branch only; give the model directory for --text on")
+    model_dir = resolve_model_path(model)
+    config = read_config(model_dir)
+    if not config.text or not (model_dir / config.text.get("file", "text.safetensors")).is_file():
+        raise UsageError(f"{model_dir}: this model has no text branch (fit one with `postergenre train-text`); use --text off")
+    return TextReader(TextBranch.load(model_dir / config.text["file"], cache_dir), cache_dir, workers)

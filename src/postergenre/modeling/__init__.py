@@ -8,6 +8,7 @@
 - :mod:`.decision`: top-k and per-genre threshold rules.
 - :mod:`.losses`: training losses (BCE, class-balanced BCE, asymmetric loss).
 - :mod:`.metrics`: the metrics (scikit-learn); :mod:`.reliability`: the reliability diagram of any scores.
+- :mod:`.scoring`: any scorer over image files (torch-free).
 
 May import: ``errors``, ``_io``, ``data``, ``backbones``, ``text``. Never ``training``,
 ``inference`` or anything above them.

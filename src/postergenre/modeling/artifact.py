@@ -52,6 +52,13 @@ def read_config(model_dir: str | Path | None) -> ModelConfig:
     return cfg
 
 
+def write_config(model_dir: str | Path, config: ModelConfig) -> Path:
+    """Replace the directory's ``config.json`` atomically, in the layout :meth:`PosterGenreModel.save` writes."""
+    from .._io import atomic_file
+
+    return atomic_file(Path(model_dir) / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
 def _read_json(path: Path, what: str) -> dict:
     try:
         return json.loads(path.read_text())

