@@ -151,7 +151,7 @@ def test_sixty_posters_go_in_batches_and_stay_in_selection_order(server, browser
     with page.expect_download() as download:
         page.click("#csv")
     lines = Path(download.value.path()).read_text().splitlines()
-    assert lines[0].startswith("path,predicted,error,") and len(lines[0].split(",")) == 3 + 24
+    assert lines[0].startswith("path,predicted,error,text,") and len(lines[0].split(",")) == 4 + 24
     assert [line.split(",")[0] for line in lines[1:]] == [f.name for f in files]
     page.click("#clear")
     expect(cards).to_have_count(0)

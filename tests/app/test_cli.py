@@ -54,7 +54,8 @@ def test_predict_json(tiny_model, poster_dir):
     assert isinstance(results, list) and len(results) == 3  # recursive walk, readme.txt skipped
     assert [Path(r["path"]).name for r in results] == ["action.jpg", "comedy.jpg", "drama.png"]
     for r in results:
-        assert set(r) == {"path", "genres", "predicted", "error"}
+        assert set(r) == {"path", "genres", "predicted", "text", "error"}
+        assert r["text"] is None  # text off: not read
         assert r["error"] is None
         assert sorted(g["genre"] for g in r["genres"]) == GENRES
         scores = [g["score"] for g in r["genres"]]
@@ -72,7 +73,8 @@ def test_predict_csv(tiny_model, poster_dir, tmp_path):
     res = run("predict", poster_dir, "--model", tiny_model, "--format", "csv", "--output", out)
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert list(rows[0]) == ["path", "predicted", "error", *GENRES]
+    assert list(rows[0]) == ["path", "predicted", "error", "text", *GENRES]
+    assert all(row["text"] == "" for row in rows)  # text off: nothing read
     assert len(rows) == 3
     for row in rows:
         assert row["error"] == ""

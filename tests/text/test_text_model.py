@@ -37,6 +37,7 @@ def test_train_text_writes_the_branch_and_records_it(text_model):
     assert [e["kind"] for e in text["encoders"]] == ["char_ngrams_tfidf", "sentence_embedding"]
     assert text["posters_with_text"]["train"] > 0
     assert set(text["validation"]) == {"text_off", "text_on"}
+    assert "Text (`--text on`): OCR with rapidocr-onnxruntime" in (text_model / "MODEL.md").read_text()
 
 
 def test_text_off_is_the_image_model_and_text_on_reads_and_fuses(text_model, worded_data, tmp_path):

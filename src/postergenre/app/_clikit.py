@@ -214,10 +214,12 @@ def print_training(out: Path, record) -> None:
             typer.echo(f"{part}: " + ", ".join(f"{k} {scores[k]:.4f}" for k in ("micro_recall_at_3", "mAP", "micro_f1", "hamming_loss")))
 
 
-def fit_text_branch(model_dir: Path, dataset, cache_dir, quiet: bool) -> None:
+def fit_text_branch(model_dir: Path, dataset, cache_dir, quiet: bool, score_test: bool = False) -> None:
     from ..training.text import fit_text
 
-    report = fit_text(model_dir, dataset, cache_dir=cache_dir, progress=not quiet, log=warn)
-    for part in ("text_off", "text_on"):
-        m = report[part]
-        typer.echo(f"validation, {part.replace('_', ' ')}: micro_recall_at_3 {m['micro_recall_at_3']:.4f}, mAP {m['mAP']:.4f}, ece {m['ece']:.4f}")
+    report = fit_text(model_dir, dataset, cache_dir=cache_dir, progress=not quiet, log=warn, score_test=score_test)
+    for where, scores in (("validation", report), ("test", report.get("test", {}))):
+        for part in (p for p in ("text_off", "text_on") if p in scores):
+            m = scores[part]
+            typer.echo(f"{where}, {part.replace('_', ' ')}: micro_recall_at_3 {m['micro_recall_at_3']:.4f}, "
+                       f"mAP {m['mAP']:.4f}, ece {m['ece']:.4f}")

@@ -144,7 +144,7 @@ def train(
         m = run_train(ds, recipe, out, cache_dir=cache_dir, progress=not quiet, command=_command_line(),
                       data_source=str(data or labels), resume=resume, extra_reports=extra_reports)
         if text and int(os.environ.get("RANK", "0")) == 0:
-            fit_text_branch(out, ds, cache_dir, quiet)
+            fit_text_branch(out, ds, cache_dir, quiet, score_test=recipe.test_fraction > 0)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 reports (and wrote the model)
         print_training(out, m.config.training)
 
@@ -156,6 +156,7 @@ def train_text(
     labels: LabelsCsv = None,
     images: ImagesDir = None,
     extra_data: Optional[List[Path]] = typer.Option(None, "--extra-data", metavar="DIR", help="The other training sources the model was trained with (repeatable)."),
+    score_test: bool = typer.Option(False, "--score-test", help="Also score the model's test part once, text off and on (test_metrics_text.json)."),
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
 ):
@@ -164,7 +165,7 @@ def train_text(
 
     with _reported():
         ds, _ = load_training_data(data, labels, images, extra_data or [], log=_warn)
-        fit_text_branch(Path(model), ds, cache_dir, quiet)
+        fit_text_branch(Path(model), ds, cache_dir, quiet, score_test)
 
 
 @app.command()

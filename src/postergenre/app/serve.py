@@ -42,7 +42,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from ..data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb
-from ..errors import PosterGenreError
+from ..errors import PosterGenreError, UsageError
 from ..inference.onnx_scorer import SAMPLES_DIR, sample_posters
 
 WEB_DIR = Path(__file__).parent / "web"

@@ -10,6 +10,7 @@ exactly as before. The recipe (:class:`TextRecipe`) holds every choice.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +25,8 @@ from ..modeling.scoring import score_images
 from ..text.branch import TextBranch, fit_evidence, fit_fusion
 from ..text.ngrams import CharNgrams
 from ..text.ocr import OcrSettings, read_posters
+
+TEST_FILE = "test_metrics_text.json"  # the test part with text off and on, when the split has one
 
 
 @dataclass
@@ -66,12 +69,23 @@ def _fit_branch(train: PosterDataset, train_texts: list[str], r: TextRecipe, cac
     return branch
 
 
+def _labels(model, part: PosterDataset) -> np.ndarray:
+    """``part``'s labels in the model's genre columns ``(N, G)``."""
+    y = np.zeros((len(part), len(model.genres)), dtype=int)
+    y[:, [model.genres.index(g) for g in part.genres]] = part.labels
+    return y
+
+
+def _scored(model, y: np.ndarray, scores: np.ndarray) -> dict:
+    return M.evaluate(y, scores, top_k_mask(scores, model.decision.k or 3), model.genres)
+
+
 def fit_text(model_dir: str | Path, dataset: PosterDataset, recipe: TextRecipe = TextRecipe(), cache_dir=None,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, score_test: bool = False) -> dict:
     """Fit and save the text branch of the model in ``model_dir`` on its own split (split.json:
     the training Ids of every source, the validation Ids), all found in ``dataset``. Returns the
-    validation metrics with text off and on (on: the fusion was fitted on these posters, so in
-    sample; the test part is the honest figure, :func:`~postergenre.inference.predict.evaluate_model`)."""
+    metrics with text off and on: validation (on: the fusion was fitted there, so in sample) and,
+    with ``score_test``, the test part, scored once at the end as ``train`` does."""
     from ..modeling.artifact import read_split
     from ..modeling.model import load_model
 
@@ -84,29 +98,40 @@ def fit_text(model_dir: str | Path, dataset: PosterDataset, recipe: TextRecipe =
     branch = _fit_branch(train, texts[:len(train)], recipe, cache_dir, log)
     val_texts = texts[len(train):]
     has = np.array([bool(x.strip()) for x in val_texts])
-    cols = [model.genres.index(g) for g in dataset.genres]
-    y = np.zeros((len(val), len(model.genres)), dtype=int)
-    y[:, cols] = val.labels
-    img = image_scores(model, val.paths)
+    y, img = _labels(model, val), image_scores(model, val.paths)
     branch.fusion = fit_fusion(img[has], branch.evidence([x for x, h in zip(val_texts, has) if h]), y[has], recipe.C_fusion)
-    fused = branch.combine(img, val_texts)
-    k = model.decision.k or 3
-    report = {"text_off": M.evaluate(y, img, top_k_mask(img, k), model.genres),
-              "text_on": M.evaluate(y, fused, top_k_mask(fused, k), model.genres),
+    report = {"text_off": _scored(model, y, img), "text_on": _scored(model, y, branch.combine(img, val_texts)),
               "posters_with_text": {"train": int(sum(bool(x.strip()) for x in texts[:len(train)])), "train_total": len(train),
                                     "val": int(has.sum()), "val_total": len(val)},
               "ocr_seconds": round(ocr_seconds, 1), "recipe": recipe.to_dict()}
+    if score_test and parts.get("test"):
+        test = dataset.subset_ids(parts["test"])
+        y, img = _labels(model, test), image_scores(model, test.paths)
+        test_texts = read_posters(test.paths, recipe.ocr, cache_dir, progress=progress)
+        report["test"] = {"text_off": _scored(model, y, img), "text_on": _scored(model, y, branch.combine(img, test_texts)),
+                          "posters_with_text": int(sum(bool(x.strip()) for x in test_texts)), "n_posters": len(test)}
     save_text_branch(branch, model_dir, report)
     return report
 
 
 def save_text_branch(branch: TextBranch, model_dir: str | Path, report: dict) -> None:
     """``text.safetensors`` first, then ``config.json`` (a crash in between leaves an image-only model)."""
-    from ..modeling.artifact import read_config, write_config
+    from .._io import atomic_file
+    from ..modeling.artifact import CARD_FILE, read_config, write_config
+    from ..modeling.card import model_card
 
     branch.save(model_dir)
     config = read_config(Path(model_dir))
-    config.text = branch.config() | {"validation": {part: {k: report[part][k] for k in ("micro_recall_at_3", "mAP", "ece")}
-                                                    for part in ("text_off", "text_on")},
+    config.text = branch.config() | {"validation": {part: summary(report[part]) for part in ("text_off", "text_on")},
                                      "posters_with_text": report["posters_with_text"], "recipe": report["recipe"]}
+    if "test" in report:
+        config.text["test"] = {part: summary(report["test"][part]) for part in ("text_off", "text_on")}
+        atomic_file(Path(model_dir) / TEST_FILE, json.dumps(report["test"], indent=1) + "\n")
     write_config(Path(model_dir), config)
+    if config.training is not None:
+        atomic_file(Path(model_dir) / CARD_FILE, model_card(config))
+
+
+def summary(metrics: dict) -> dict:
+    """The three figures the text section of config.json and the card keep."""
+    return {k: metrics[k] for k in ("micro_recall_at_3", "mAP", "ece")}

@@ -1,0 +1,81 @@
+"""What reading the poster costs: one poster and a catalogue with ``--text on`` against ``--text off``,
+as whole commands, and how OCR best uses the cores (worker processes or ONNX Runtime threads).
+
+    .venv/bin/python benchmarks/text_mode.py --images ../shared/datasets/movie-posters/Images \
+        [--n 200] [--out benchmarks/results/text_mode.json]
+
+Every figure is a separate process under ``/usr/bin/time`` (wall, user, sys, peak RSS), with the
+model's exports already in a scratch cache and an empty OCR cache, so OCR really runs:
+
+- ``one_poster_text_on`` / ``one_poster_text_off``: ``postergenre predict ONE.jpg [--text on]``,
+  median of 5 different posters (each read for the first time).
+- ``catalogue_text_on`` / ``catalogue_text_off``: ``postergenre predict DIR --output out.jsonl``
+  over ``--n`` posters.
+- ``ocr_processes`` vs ``ocr_threads``: reading ``--n`` posters with 2 worker processes of one
+  ONNX thread each, or one process with ONNX Runtime's threads on both cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from whole_command import CLI, subset, timed
+
+HERE = Path(__file__).resolve().parent
+
+READ = """
+import sys
+from postergenre.text.ocr import OcrSettings, read_posters
+paths = sorted(__import__("glob").glob(sys.argv[1] + "/*.jpg"))
+print(sum(bool(t) for t in read_posters(paths, OcrSettings(), use_cache=False, workers=int(sys.argv[2]))))
+"""
+
+
+def measure(images: Path, n: int, tmp: Path) -> dict:
+    out: dict = {}
+    cache = tmp / "cache"
+    env = {"POSTERGENRE_CACHE": str(cache)}
+    posters = sorted(images.glob("*.jpg"))
+    timed([*CLI, "predict", str(posters[-1]), "--text", "on"], env)  # fills the export cache (image + text encoder)
+    for mode in ("on", "off"):
+        runs = []
+        for p in posters[-6:-1]:
+            shutil.rmtree(cache / "ocr", ignore_errors=True)
+            runs.append(timed([*CLI, "predict", str(p), "--text", mode], env))
+        out[f"one_poster_text_{mode}"] = {"median_wall_s": statistics.median(r["wall_s"] for r in runs),
+                                          "max_peak_rss_mb": max(r["peak_rss_mb"] for r in runs), "runs": runs}
+    cat = subset(images, n, tmp / "catalogue")
+    for mode in ("off", "on"):
+        shutil.rmtree(cache / "ocr", ignore_errors=True)
+        r = timed([*CLI, "predict", str(cat), "--text", mode, "--output", str(tmp / f"out-{mode}.jsonl")], env)
+        out[f"catalogue_text_{mode}"] = r | {"posters_per_s": round(n / r["wall_s"], 2)}
+    for name, workers in (("ocr_processes", "2"), ("ocr_threads", "1")):
+        r = timed([sys.executable, "-c", READ, str(cat), workers])
+        out[name] = r | {"posters_per_s": round(n / r["wall_s"], 2)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", required=True, type=Path, help="the Images folder of a dataset in the study's layout")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "text_mode.json")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="postergenre-text-bench-") as tmp:
+        result = measure(a.images.resolve(), a.n, Path(tmp))
+    result = {"command": " ".join(["python", *sys.argv]), "cpu_count": os.cpu_count(), "n": a.n} | result
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: (v if "runs" not in v else {x: y for x, y in v.items() if x != "runs"}) if isinstance(v, dict) else v
+                      for k, v in result.items()}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
