@@ -17,16 +17,12 @@ model's exports already in a scratch cache and an empty OCR cache, so OCR really
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from whole_command import CLI, subset, timed
+from whole_command import CLI, run_benchmark, subset, timed
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,18 +59,7 @@ def measure(images: Path, n: int, tmp: Path) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--images", required=True, type=Path, help="the Images folder of a dataset in the study's layout")
-    ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "text_mode.json")
-    a = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="postergenre-text-bench-") as tmp:
-        result = measure(a.images.resolve(), a.n, Path(tmp))
-    result = {"command": " ".join(["python", *sys.argv]), "cpu_count": os.cpu_count(), "n": a.n} | result
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: (v if "runs" not in v else {x: y for x, y in v.items() if x != "runs"}) if isinstance(v, dict) else v
-                      for k, v in result.items()}, indent=1))
+    run_benchmark(measure, __doc__, 200, HERE / "results" / "text_mode.json")
 
 
 if __name__ == "__main__":

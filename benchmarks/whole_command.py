@@ -128,19 +128,25 @@ def measure(images: Path, n: int, tmp: Path) -> dict:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_benchmark(measure, doc: str, default_n: int, default_out: Path) -> None:
+    """The command line of a whole-command benchmark: ``measure(images, n, scratch)`` in a scratch
+    folder, its figures written to ``--out`` (with the command and core count) and printed."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", required=True, type=Path, help="the Images folder of a dataset in the study's layout")
-    ap.add_argument("--n", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=HERE / "results" / "whole_command.json")
+    ap.add_argument("--n", type=int, default=default_n)
+    ap.add_argument("--out", type=Path, default=default_out)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="postergenre-bench-") as tmp:
         result = measure(a.images.resolve(), a.n, Path(tmp))
     result = {"command": " ".join(["python", *sys.argv]), "cpu_count": os.cpu_count(), "n": a.n} | result
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k != "cold_start"} | {"cold_start": {
-        k: v for k, v in result["cold_start"].items() if k != "runs"}}, indent=1))
+    print(json.dumps({k: {x: y for x, y in v.items() if x != "runs"} if isinstance(v, dict) else v
+                      for k, v in result.items()}, indent=1))
+
+
+def main() -> None:
+    run_benchmark(measure, __doc__, 1000, HERE / "results" / "whole_command.json")
 
 
 if __name__ == "__main__":

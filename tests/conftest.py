@@ -97,6 +97,20 @@ def tiny_model(tiny_data, cache_dir, tmp_path_factory) -> Path:
     return out
 
 
+# ``python -c PREDICT_PROBE ARGS...``: ``postergenre predict ARGS --format json`` in a fresh process;
+# its last stderr line says whether PyTorch or scikit-learn got imported, and the exit code.
+PREDICT_PROBE = """
+import json, sys
+from postergenre.app.cli import main
+sys.argv = ["postergenre", "predict", *sys.argv[1:], "--format", "json"]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"torch": "torch" in sys.modules, "sklearn": "sklearn" in sys.modules, "code": code}), file=sys.stderr)
+"""
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not present")
 

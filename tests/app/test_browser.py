@@ -111,6 +111,10 @@ def test_page_upload_shows_genres_and_heatmap(server, browser, shots, tmp_path):
     expect(first.locator(".predicted")).not_to_be_empty()
     assert first.locator(".bars li").count() == 24
     assert first.locator(".bars li.hit").count() == 3  # the top-3 rule, highlighted
+    assert first.get_attribute("data-file") == "scifi.jpg"  # the built-in model reads its title
+    expect(first.locator(".read")).to_contain_text("read on the poster:")
+    expect(first.locator(".words")).to_contain_text("RECALL")
+    expect(page.locator("#text")).to_be_checked()
     first.locator(".bars li.hit").first.click()
     expect(first.locator("img.heat")).to_be_visible(timeout=60_000)
     expect(first.locator(".explain-note")).to_contain_text("Heatmap for")

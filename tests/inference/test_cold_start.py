@@ -9,16 +9,8 @@ import sys
 
 from postergenre.inference.onnx_engine import sample_posters
 
-PROBE = """
-import json, sys
-from postergenre.app.cli import main
-sys.argv = ["postergenre", "predict", *sys.argv[1:], "--format", "json"]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-print(json.dumps({"torch": "torch" in sys.modules, "sklearn": "sklearn" in sys.modules, "code": code}), file=sys.stderr)
-"""
+from conftest import PREDICT_PROBE as PROBE
+
 
 
 def _predict(*args, cache) -> tuple[dict, list, str]:

@@ -12,6 +12,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from conftest import PREDICT_PROBE as PROBE
 from conftest import run
 from worded import WORDS, draw_words, text_model, worded_data  # noqa: F401 - fixtures
 
@@ -109,16 +110,6 @@ def test_the_api_reads_the_text_by_default_and_can_be_told_not_to(text_model, wo
     assert any(w in on["text"] for w in WORDS.values()) and off["text"] is None
 
 
-PROBE = """
-import json, sys
-from postergenre.app.cli import main
-sys.argv = ["postergenre", "predict", *sys.argv[1:], "--format", "json"]
-try:
-    main()
-except SystemExit as exc:
-    code = exc.code
-print(json.dumps({"torch": "torch" in sys.modules, "sklearn": "sklearn" in sys.modules, "code": code}), file=sys.stderr)
-"""
 
 
 def test_one_poster_with_text_on_imports_no_torch_once_exported(text_model, worded_data, tmp_path):
