@@ -90,3 +90,38 @@ def test_worker_processes_read_as_one_process_does(tmp_path):
     one = read_posters(posters, SETTINGS, use_cache=False, workers=1)
     two = read_posters(posters, SETTINGS, use_cache=False, workers=2)
     assert one == two and sum(bool(t) for t in one) >= 3
+
+
+READER = """
+import sys
+from postergenre.text.ocr import OcrSettings, read_posters
+read_posters(sys.argv[2:], OcrSettings(), sys.argv[1])
+"""
+
+
+def test_ctrl_c_keeps_what_was_read_and_a_rerun_reads_only_the_rest(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    posters = [str(_save(draw_words(Image.new("RGB", (200, 300), (i % 200, 40, 90)), [f"NIGHT {i}"]), tmp_path / f"{i}.png"))
+               for i in range(120)]
+    cache_dir = tmp_path / "cache"
+    folder = cache_dir / "ocr" / SETTINGS.key
+    proc = subprocess.Popen([sys.executable, "-c", READER, str(cache_dir), *posters], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while len(OcrCache(SETTINGS, cache_dir).records()) < 5 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err
+    kept = OcrCache(SETTINGS, cache_dir).records()
+    assert 5 <= len(kept) < 120 and all(r["text"].startswith("NIGHT") for r in kept.values())
+    texts = read_posters(posters, SETTINGS, cache_dir)
+    assert all(t.startswith("NIGHT") for t in texts)
+    again = OcrCache(SETTINGS, cache_dir).records()
+    assert len(again) == 120 and all(again[k]["seconds"] == r["seconds"] for k, r in kept.items())
+    assert sum(1 for p in folder.glob("part-*.jsonl") for _ in p.open()) == 120  # none read twice

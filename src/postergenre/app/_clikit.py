@@ -217,7 +217,12 @@ def print_training(out: Path, record) -> None:
 def fit_text_branch(model_dir: Path, dataset, cache_dir, quiet: bool, score_test: bool = False) -> None:
     from ..training.text import fit_text
 
-    report = fit_text(model_dir, dataset, cache_dir=cache_dir, progress=not quiet, log=warn, score_test=score_test)
+    try:
+        report = fit_text(model_dir, dataset, cache_dir=cache_dir, progress=not quiet, log=warn, score_test=score_test)
+    except KeyboardInterrupt:
+        typer.secho("interrupted: the posters read so far are kept in the OCR cache, and the model is as it was; "
+                    "run the same command again to go on", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
     for where, scores in (("validation", report), ("test", report.get("test", {}))):
         for part in (p for p in ("text_off", "text_on") if p in scores):
             m = scores[part]
