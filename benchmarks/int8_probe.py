@@ -1,0 +1,85 @@
+"""First probe of an int8 image engine (issue 21): ONNX Runtime static quantization of the built-in
+model's fp32 export, calibrated on 256 training posters, compared with fp32 on validation only.
+
+    .venv/bin/python benchmarks/int8_probe.py --data ../shared/datasets/movie-posters [--out benchmarks/results/int8_probe.json]
+
+Variants: QDQ with per-channel int8 weights and uint8 activations (MinMax calibration), on every
+op ONNX Runtime quantizes, or on convolutions only. Each row: validation micro recall@3 / mAP
+against fp32, the largest score difference, and posters/s of scoring (decode included, 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from postergenre.data.dataset import load_dataset
+from postergenre.data.images import decoded_batches
+from postergenre.inference.onnx_scorer import OnnxModel
+from postergenre.inference.scorer import load_scorer
+from postergenre.modeling import metrics as M
+from postergenre.modeling.artifact import read_split
+
+HERE = Path(__file__).resolve().parent
+VARIANTS = {"qdq per-channel, all ops": None, "qdq per-channel, Conv only": ["Conv"]}
+
+
+class Posters(CalibrationDataReader):
+    def __init__(self, paths, preprocess):
+        self.batches = (b for _, b, _ in decoded_batches(paths, preprocess, 8))
+
+    def get_next(self):
+        b = next(self.batches, None)
+        return None if b is None else {"image": b}
+
+
+def scored(session_path: Path, paths, preprocess) -> tuple[np.ndarray, float]:
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(session_path), providers=["CPUExecutionProvider"])
+    out, t = np.zeros((len(paths), 24), np.float32), time.time()
+    for idx, b, _ in decoded_batches(paths, preprocess, 8):
+        out[idx] = s.run(None, {"image": b})[0]
+    return out, len(paths) / (time.time() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "int8_probe.json")
+    a = ap.parse_args()
+    fp32 = load_scorer("default", "onnx")
+    assert isinstance(fp32, OnnxModel)
+    parts, (ds, _) = read_split("default"), load_dataset(a.data)
+    val = ds.subset_ids(parts["val"])
+    calibration = [str(p) for p in ds.subset_ids(parts["train"][::17][:256]).paths]
+    y = np.zeros((len(val), len(fp32.genres)), dtype=int)
+    y[:, [fp32.genres.index(g) for g in val.genres]] = val.labels
+    base, base_speed = scored(fp32.path, val.paths, fp32.preprocess)
+    rows = [{"variant": "fp32", "micro_recall_at_3": M.micro_recall_at_k(y, base, 3), "mAP": M.macro_average_precision(y, base),
+             "posters_per_s": round(base_speed, 1)}]
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32.path), str(pre), skip_symbolic_shape=True)
+        for name, ops in VARIANTS.items():
+            q = Path(tmp) / "q.onnx"
+            quantize_static(str(pre), str(q), Posters(calibration, fp32.preprocess), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=ops)
+            s, speed = scored(q, val.paths, fp32.preprocess)
+            rows.append({"variant": name, "micro_recall_at_3": M.micro_recall_at_k(y, s, 3), "mAP": M.macro_average_precision(y, s),
+                         "max_abs_diff": float(np.abs(s - base).max()), "posters_per_s": round(speed, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"n_val": len(val), "n_calibration": len(calibration), "rows": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
