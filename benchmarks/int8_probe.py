@@ -71,8 +71,7 @@ def main() -> None:
     parts, (ds, _) = read_split("default"), load_dataset(a.data)
     val = ds.subset_ids(parts["val"])
     calibration = [str(p) for p in ds.subset_ids(parts["train"][::17][:256]).paths]
-    y = np.zeros((len(val), len(fp32.genres)), dtype=int)
-    y[:, [fp32.genres.index(g) for g in val.genres]] = val.labels
+    y, _ = val.labels_in(fp32.genres)
     base, base_speed = scored(fp32.path, val.paths, fp32.preprocess)
     rows = [{"variant": "fp32", "micro_recall_at_3": M.micro_recall_at_k(y, base, 3), "mAP": M.macro_average_precision(y, base),
              "posters_per_s": round(base_speed, 1)}]

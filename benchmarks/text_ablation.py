@@ -76,17 +76,13 @@ def main() -> None:
     parts = read_split(a.model)
     train, extra_train, val = posters(a.data, a.extra_data.expanduser(), parts)
     scorer = load_scorer(a.model)
-    cols = [scorer.genres.index(g) for g in val.genres]
-    y = np.zeros((len(val), len(scorer.genres)), dtype=int)
-    y[:, cols] = val.labels
+    y, _ = val.labels_in(scorer.genres)
     img, _ = score_images(scorer, val.paths)
     t = time.time()
     texts = read_posters(train.paths + extra_train.paths + val.paths, OcrSettings(), progress=True)
     n_train = len(train) + len(extra_train)
     train_texts, val_texts = texts[:n_train], texts[n_train:]
-    labels = np.zeros((n_train, len(scorer.genres)), dtype=int)
-    for ds, lo in ((train, 0), (extra_train, len(train))):
-        labels[lo:lo + len(ds), [scorer.genres.index(g) for g in ds.genres]] = ds.labels
+    labels = np.concatenate([train.labels_in(scorer.genres)[0], extra_train.labels_in(scorer.genres)[0]])
     keep = [i for i, x in enumerate(train_texts) if x.strip()]
     has = np.array([bool(x.strip()) for x in val_texts])
     fit_texts = [train_texts[i] for i in keep]

@@ -51,6 +51,20 @@ class PosterDataset:
                              None if self.known is None else self.known[index],
                              None if self.sources is None else [self.sources[i] for i in index])
 
+    def labels_in(self, genres: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The labels in the columns of ``genres`` (a model's): ``(N, len(genres))`` ints, and where
+        they are known, bool (a genre this dataset lacks is unknown, as is a source's masked one).
+        A genre of this dataset that is not in ``genres`` is a DatasetError."""
+        missing = [g for g in self.genres if g not in genres]
+        if missing:
+            raise DatasetError(f"the dataset has genres the model does not know: {', '.join(missing)}")
+        cols = [genres.index(g) for g in self.genres]
+        y = np.zeros((len(self), len(genres)), dtype=int)
+        known = np.zeros((len(self), len(genres)), dtype=bool)
+        y[:, cols] = self.labels
+        known[:, cols] = True if self.known is None else self.known.astype(bool)
+        return y, known
+
     @property
     def primary(self) -> np.ndarray:
         """Indices of the primary dataset's posters (all of them for a single dataset)."""

@@ -111,17 +111,12 @@ def evaluate_dataset(model, dataset, decision: DecisionRule | None = None, cache
     :class:`~postergenre.inference.scorer.TextReader`, to score with the posters' text fused in."""
     from ..modeling.metrics import evaluate
 
-    missing = [g for g in dataset.genres if g not in model.genres]
-    if missing:
-        raise DatasetError(f"the dataset has genres the model does not know: {', '.join(missing)}")
+    y, _ = dataset.labels_in(model.genres)
     scores, errors = score_paths(model, dataset.paths, cache_dir, progress)
     if errors:
         raise DatasetError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
     if text is not None:
         scores = text.combine(scores, text.read(dataset.paths))
-    cols = [model.genres.index(g) for g in dataset.genres]
-    y = np.zeros((len(dataset), len(model.genres)), dtype=int)
-    y[:, cols] = dataset.labels
     if reliability_png is not None:
         from .._io import writing
         from ..modeling.reliability import reliability_diagram

@@ -54,10 +54,11 @@ def image_scores(model, paths: list) -> np.ndarray:
     return scores
 
 
-def _fit_branch(train: PosterDataset, train_texts: list[str], r: TextRecipe, cache_dir, log) -> TextBranch:
+def _fit_branch(genres: list[str], train: PosterDataset, train_texts: list[str], r: TextRecipe, cache_dir, log) -> TextBranch:
+    """The evidence in the columns of ``genres`` (the model's), fitted on ``train``'s posters with text."""
     keep = [i for i, t in enumerate(train_texts) if t.strip()]
     texts = [train_texts[i] for i in keep]
-    labels, known = train.labels[keep], None if train.known is None else train.known[keep].astype(bool)
+    labels, known = (a[keep] for a in train.labels_in(genres))
     log(f"text evidence: {len(keep)} of {len(train)} training posters have text")
     ngrams, matrix = CharNgrams.fit(texts, r.ngram_range, r.min_df)
     weights, bias = fit_evidence(matrix, labels, known, r.C_ngrams)
@@ -67,13 +68,6 @@ def _fit_branch(train: PosterDataset, train_texts: list[str], r: TextRecipe, cac
         we, be = fit_evidence(branch.embed(texts), labels, known, r.C_embed)
         branch.embed_weights, branch.bias = r.embed_weight * we, bias + r.embed_weight * be
     return branch
-
-
-def _labels(model, part: PosterDataset) -> np.ndarray:
-    """``part``'s labels in the model's genre columns ``(N, G)``."""
-    y = np.zeros((len(part), len(model.genres)), dtype=int)
-    y[:, [model.genres.index(g) for g in part.genres]] = part.labels
-    return y
 
 
 def _scored(model, y: np.ndarray, scores: np.ndarray) -> dict:
@@ -95,10 +89,10 @@ def fit_text(model_dir: str | Path, dataset: PosterDataset, recipe: TextRecipe =
     t = time.time()
     texts = read_posters(train.paths + val.paths, recipe.ocr, cache_dir, progress=progress)
     ocr_seconds = time.time() - t
-    branch = _fit_branch(train, texts[:len(train)], recipe, cache_dir, log)
+    branch = _fit_branch(model.genres, train, texts[:len(train)], recipe, cache_dir, log)
     val_texts = texts[len(train):]
     has = np.array([bool(x.strip()) for x in val_texts])
-    y, img = _labels(model, val), image_scores(model, val.paths)
+    (y, _), img = val.labels_in(model.genres), image_scores(model, val.paths)
     branch.fusion = fit_fusion(img[has], branch.evidence([x for x, h in zip(val_texts, has) if h]), y[has], recipe.C_fusion)
     report = {"text_off": _scored(model, y, img), "text_on": _scored(model, y, branch.combine(img, val_texts)),
               "posters_with_text": {"train": int(sum(bool(x.strip()) for x in texts[:len(train)])), "train_total": len(train),
@@ -106,7 +100,7 @@ def fit_text(model_dir: str | Path, dataset: PosterDataset, recipe: TextRecipe =
               "ocr_seconds": round(ocr_seconds, 1), "recipe": recipe.to_dict()}
     if score_test and parts.get("test"):
         test = dataset.subset_ids(parts["test"])
-        y, img = _labels(model, test), image_scores(model, test.paths)
+        (y, _), img = test.labels_in(model.genres), image_scores(model, test.paths)
         test_texts = read_posters(test.paths, recipe.ocr, cache_dir, progress=progress)
         report["test"] = {"text_off": _scored(model, y, img), "text_on": _scored(model, y, branch.combine(img, test_texts)),
                           "posters_with_text": int(sum(bool(x.strip()) for x in test_texts)), "n_posters": len(test)}
