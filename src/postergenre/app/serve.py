@@ -17,8 +17,11 @@
   ``swagger-ui-bundle-v2`` package), is served by the app: nothing comes from a CDN.
 
 The model loads in a background thread, so the server answers at once (503 until ready).
-Inference runs in one worker thread off the event loop: requests queue instead of competing
-for the cores. Request bodies are capped while they stream in, before any parsing.
+Uploads are decoded by a small thread pool; the decoded posters of all waiting requests are
+scored together by one inference thread (:mod:`postergenre.app.batcher`), so concurrent
+clients share forward passes instead of competing for the cores. OCR and Grad-CAM run in one
+more thread. Nothing on the predict path imports PyTorch with the ONNX engine. Request bodies
+are capped while they stream in, before any parsing.
 
 The routes (:data:`router`) are plain functions over the :class:`ServerState` that
 :func:`create_app` puts in ``app.state.server``.
@@ -34,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -44,6 +48,7 @@ from .. import __version__
 from ..data.images import DEFAULT_MAX_PIXELS, ImageLoadError, load_rgb
 from ..errors import PosterGenreError, UsageError
 from ..inference.onnx_scorer import SAMPLES_DIR, sample_posters
+from .batcher import Batcher
 
 WEB_DIR = Path(__file__).parent / "web"
 DEFAULT_MAX_UPLOAD_MB = 10.0
@@ -110,7 +115,7 @@ class ModelHolder:
     def __init__(self, model: str | None, engine: str):
         self.model_arg, self.engine = model, engine
         self.status, self.error = "loading", None
-        self.scorer = self._torch_model = self.text = None
+        self.scorer = self._torch_model = self.text = self.batcher = None
         self.ready = threading.Event()
         self._lock = threading.Lock()
 
@@ -119,6 +124,8 @@ class ModelHolder:
 
         try:
             self.scorer = load_scorer(self.model_arg, self.engine)
+            scorer = self.scorer
+            self.batcher = Batcher(lambda pixels: scorer.predict_proba_tensor(scorer.preprocess.normalize_pixels(pixels)))
             try:
                 self.text = load_text_reader(self.model_arg)
             except UsageError:  # an image-only model (or an .onnx file): the page hides the switch
@@ -150,16 +157,32 @@ Upload = tuple[str, bytes | None, str | None]  # (file name, its bytes or None, 
 
 @dataclass
 class ServerState:
-    """What the routes share: the model, the one inference thread, and the caps."""
+    """What the routes share: the model, the decoding and slow-work threads, and the caps."""
 
     holder: ModelHolder
-    pool: ThreadPoolExecutor
+    pool: ThreadPoolExecutor  # OCR and Grad-CAM, one at a time
+    decoders: ThreadPoolExecutor  # uploads to pixels (Pillow releases the GIL)
     max_bytes: int  # per uploaded file
     max_pixels: int  # per decoded image
 
     async def run(self, fn, *args):
-        """``fn(*args)`` in the inference thread, off the event loop."""
+        """``fn(*args)`` in the slow-work thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def decode(self, item: Upload):
+        """The upload as the model's resized pixels ``(H, W, 3)`` uint8, or ``(None, error)``."""
+        name, data, err = item
+        if err is not None:
+            return None, err
+        return await asyncio.get_running_loop().run_in_executor(self.decoders, _pixels, self.holder.scorer.preprocess, name,
+                                                                data, self.max_pixels)
+
+
+def _pixels(preprocess, name: str, data: bytes, max_pixels: int):
+    try:  # the same decode (JPEG draft mode) as `postergenre predict`, so the scores match it exactly
+        return preprocess.load_pixels(data, name=name, max_pixels=max_pixels), None
+    except ImageLoadError as exc:
+        return None, str(exc)
 
 
 def server_state(request: Request) -> ServerState:
@@ -197,36 +220,29 @@ async def read_upload(f: UploadFile, max_bytes: int) -> Upload:
     return name, data, None
 
 
-def score(state: ServerState, items: list[Upload], top_k: int, decision: str, text: bool = False) -> list[dict]:
-    """Decode, preprocess and score (in the inference thread); one result per upload, in order.
-    ``text``: read each poster's words and fuse them in (when the model has a text branch)."""
-    import torch
-
+async def score(state: ServerState, items: list[Upload], top_k: int, decision: str, text: bool = False) -> list[dict]:
+    """Decode, preprocess and score; one result per upload, in order. ``text``: read each
+    poster's words and fuse them in (when the model has a text branch)."""
     from ..inference.formats import result
 
-    m = state.holder.scorer
+    m, reader = state.holder.scorer, state.holder.text if text else None
     rule = m.decision_rule(decision, top_k)
-    out: list[dict | None] = [None] * len(items)
-    good, tensors = [], []
-    for i, (name, data, err) in enumerate(items):
-        if err is None:
-            try:
-                # the same decode (JPEG draft mode) as `postergenre predict`, so the scores match it exactly
-                tensors.append(m.preprocess.load(data, name=name, max_pixels=state.max_pixels))
-                good.append(i)
-                continue
-            except ImageLoadError as exc:
-                err = str(exc)
-        out[i] = result(name, None, None, m.genres, err)
+    decoded = await asyncio.gather(*[state.decode(item) for item in items])
+    good = [i for i, (x, _) in enumerate(decoded) if x is not None]
+    out = [None if x is not None else result(items[i][0], None, None, m.genres, err) for i, (x, err) in enumerate(decoded)]
     if good:
-        scores = m.predict_proba_tensor(torch.stack(tensors))
-        reader = state.holder.text if text else None
-        texts = reader.read([items[i][1] for i in good]) if reader is not None else [None] * len(good)
+        scores = await asyncio.wrap_future(state.holder.batcher.submit(np.stack([decoded[i][0] for i in good])))
+        texts = [None] * len(good)
         if reader is not None:
-            scores = reader.combine(scores, texts)
+            texts, scores = await state.run(_read_and_fuse, reader, [items[i][1] for i in good], scores)
         for i, s, mask, t in zip(good, scores, rule.apply(scores), texts):
             out[i] = result(items[i][0], s, mask, m.genres, text=t)
     return out
+
+
+def _read_and_fuse(reader, posters: list[bytes], scores):
+    texts = reader.read(posters)
+    return texts, reader.combine(scores, texts)
 
 
 def heatmap(state: ServerState, name: str, data: bytes, genre: str) -> tuple[bytes, float]:
@@ -281,8 +297,9 @@ async def predict(
     top_k: int = Form(3, description="Genres per poster (or the most, under thresholds): 1..the model's genre count "
                                      "(GET /api/health: limits.top_k_max)."),
     decision: str = Form("top_k", description="top_k or thresholds"),
-    text: bool = Form(True, description="Read the poster's words (OCR) and fuse them in, where the model has a text "
-                                        "branch (GET /api/health: text); each result then carries what was read."),
+    text: bool = Form(False, description="Read the poster's words (OCR) and fuse them in, where the model has a text "
+                                         "branch (GET /api/health: text); each result then carries what was read. Off by "
+                                         "default, as in the CLI: OCR costs ~0.13 s of a core per poster."),
     state: ServerState = Depends(server_state),
 ):
     """Genres of each uploaded poster, as `postergenre predict --format json`."""
@@ -296,7 +313,7 @@ async def predict(
     if len(file) > MAX_FILES:
         return error(413, f"{len(file)} files in one request, above the cap of {MAX_FILES}: send them in batches")
     items = [await read_upload(f, state.max_bytes) for f in file]
-    results = await state.run(score, state, items, top_k, decision, text)
+    results = await score(state, items, top_k, decision, text)
     errors = [r["error"] for r in results if r["error"]]
     if len(errors) < len(results):
         return results
@@ -355,8 +372,8 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
     from swagger_ui_bundle import swagger_ui_path
 
     max_bytes = int(max_upload_mb * MB)
-    state = ServerState(ModelHolder(model, engine), ThreadPoolExecutor(max_workers=1, thread_name_prefix="postergenre-infer"),
-                        max_bytes, max_pixels)
+    state = ServerState(ModelHolder(model, engine), ThreadPoolExecutor(max_workers=1, thread_name_prefix="postergenre-slow"),
+                        ThreadPoolExecutor(max_workers=2, thread_name_prefix="postergenre-decode"), max_bytes, max_pixels)
     if background_load:
         threading.Thread(target=state.holder.load, daemon=True, name="postergenre-load").start()
     else:

@@ -34,24 +34,36 @@ MIN_SIDE = 8  # pixels: below this there is nothing to read, and the detector re
 class OcrSettings:
     """How posters are read. ``det_limit_side_len``/``det_limit_type``: the detector's input size
     (``"max"``: the longer side shrunk to at most that many pixels; 320 keeps title-sized words
-    at a third of the default's cost, docs/ablation). ``min_score``: recognised lines below this
+    at a third of the default's cost, docs/ablation). ``rec_width``/``rec_batch``: the
+    recognizer pads each line to at least ``rec_width`` pixels (at height 48) and reads
+    ``rec_batch`` lines at a time, each padded to the widest; RapidOCR's defaults (320, 6) pad a
+    short word to 320 pixels, and a batch to its longest line. ``use_cls``: turn lines read as
+    upside down (RapidOCR's angle classifier). ``min_score``: recognised lines below this
     confidence are dropped from the text (they stay in the cache)."""
 
     det_limit_side_len: int = 320
     det_limit_type: str = "max"
     min_score: float = 0.5
+    rec_width: int = 320
+    rec_batch: int = 6
+    use_cls: bool = True
 
     @property
     def key(self) -> str:
-        """The cache folder of this setting (``min_score`` filters at read time, so it is not part of it)."""
-        return f"rapidocr-det{self.det_limit_side_len}{self.det_limit_type}"
+        """The cache folder of this setting (``min_score`` filters at read time, so it is not part of it;
+        RapidOCR's recognizer defaults add nothing, so caches made before these fields still serve)."""
+        key = f"rapidocr-det{self.det_limit_side_len}{self.det_limit_type}"
+        if (self.rec_width, self.rec_batch) != (320, 6):
+            key += f"-rec{self.rec_width}b{self.rec_batch}"
+        return key + ("" if self.use_cls else "-nocls")
 
     def to_dict(self) -> dict:
         return {"engine": "rapidocr-onnxruntime", **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OcrSettings":
-        return cls(**{k: d[k] for k in ("det_limit_side_len", "det_limit_type", "min_score") if k in d})
+        return cls(**{k: d[k] for k in ("det_limit_side_len", "det_limit_type", "min_score", "rec_width", "rec_batch",
+                                        "use_cls") if k in d})
 
 
 def text_of(record: dict, min_score: float) -> str:
@@ -70,9 +82,13 @@ class OcrReader:
         if self._engine is None:
             from rapidocr_onnxruntime import RapidOCR
 
+            from .ocr_models import lean_copy, rapidocr_model
+
             n = self.threads or os.cpu_count() or 1
             self._engine = RapidOCR(det_limit_side_len=self.settings.det_limit_side_len,
                                     det_limit_type=self.settings.det_limit_type,
+                                    rec_model_path=str(lean_copy(rapidocr_model("Rec"))),
+                                    rec_img_shape=[3, 48, self.settings.rec_width], rec_batch_num=self.settings.rec_batch,
                                     intra_op_num_threads=n, inter_op_num_threads=1)
         return self._engine
 
@@ -83,7 +99,7 @@ class OcrReader:
         if arr.ndim != 3 or min(arr.shape[:2]) < MIN_SIDE:
             return []
         try:
-            found, _ = self._get_engine()(np.ascontiguousarray(arr[:, :, :3]))
+            found, _ = self._get_engine()(np.ascontiguousarray(arr[:, :, :3]), use_cls=self.settings.use_cls)
         except (ValueError, IndexError, ZeroDivisionError, RuntimeError, TypeError):
             return []  # the detector's post-processing trips on degenerate boxes; no text is the honest answer
         return [[str(t), round(float(s), 3), _bounds(box)] for box, t, s in (found or []) if str(t).strip()]
