@@ -1,8 +1,13 @@
-"""The built-in model's scores on the shipped sample posters are bit-identical to the ones
-recorded in ``tests/fixtures/builtin_scores.json`` (``float.hex`` of every float32 score), for
-both engines and both ways in (files decoded as ``postergenre predict`` decodes them, and the
-one-call pipeline). Recorded before the layout change of issue 19, so moving code around cannot
-move a figure. Regenerate only for a deliberate model change: ``python THIS_FILE --write``.
+"""The built-in model's scores on the shipped sample posters are the ones recorded in
+``tests/fixtures/builtin_scores.json`` (``float.hex`` of every float32 score), for both engines
+and both ways in (files decoded as ``postergenre predict`` decodes them, and the one-call
+pipeline). Recorded before the layout change of issue 19, so moving code around cannot move a
+figure. Regenerate only for a deliberate model change: ``python THIS_FILE --write``.
+
+Bit for bit on the machine that recorded them; on another CPU the convolution kernels round
+differently (seen: 3e-7 on a Xeon without AVX-512 flags), so the check allows
+:data:`CPU_ROUNDING` and asks for the same predicted genres, which no code change that moves a
+figure would keep.
 
 The cache keys are pinned too (values computed before the move): exports and feature caches
 made by an older install are found again, since no key holds a module path.
@@ -16,6 +21,7 @@ from pathlib import Path
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "builtin_scores.json"
 ENGINES = ("torch", "onnx")
+CPU_ROUNDING = 2e-6  # scores in [0, 1]; a real change moves them by 1e-3 or more
 WAYS = ("predict", "pipeline")
 
 
@@ -52,12 +58,16 @@ def builtin_scores() -> dict:
     return out
 
 
-def test_builtin_scores_are_bit_identical_to_the_recorded_ones():
+def test_builtin_scores_are_the_recorded_ones():
+    import numpy as np
+
     expected = json.loads(FIXTURE.read_text())
     got = builtin_scores()
     assert got["posters"] == expected["posters"] and got["genres"] == expected["genres"]
     for key in (f"{engine} {way}" for engine in ENGINES for way in WAYS):
-        assert got[key] == expected[key], f"{key}: scores changed"
+        a, b = (np.array([[float.fromhex(x) for x in row] for row in d[key]]) for d in (got, expected))
+        assert np.abs(a - b).max() <= CPU_ROUNDING, f"{key}: scores changed by {np.abs(a - b).max():.1e}"
+        assert (np.argsort(-a)[:, :3] == np.argsort(-b)[:, :3]).all(), f"{key}: the top 3 changed"
 
 
 def test_cache_keys_are_the_ones_made_before_the_move():
