@@ -67,7 +67,7 @@ def predict(
     batch_size: int = typer.Option(8, "--batch-size", min=1, metavar="N", help="Posters scored together (8: as fast as larger batches on CPU, a third of the memory)."),
     workers: Workers = None,
     device: str = typer.Option("cpu", "--device", metavar="DEVICE", help="cpu, cuda or cuda:N."),
-    engine: str = choice("auto", "--engine", choices=ENGINES, help="auto: ONNX Runtime on CPU (exported once into the cache), PyTorch on a GPU."),
+    engine: str = choice("auto", "--engine", choices=ENGINES, help="auto: ONNX Runtime on CPU (exported once into the cache; int8 where the model's int8 engine kept its test figures), PyTorch on a GPU. onnx: fp32; int8: quantized."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any input fails (default: only if all fail)."),
     shard: Optional[str] = typer.Option(None, "--shard", metavar="I/N", help="Only this worker's share of the files (positions I, I+N, ...); "
                                         "with --output FILE, writes FILE's shard file (join them with `postergenre merge FILE`). "

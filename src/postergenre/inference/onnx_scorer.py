@@ -59,9 +59,8 @@ class OnnxModel(ConfigAccessors):
             raise ExportError(f"{self.path}: not a postergenre export (no '{METADATA_KEY}' metadata)") from None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"{self.path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+        self.engine = "int8" if meta.pop("int8", None) else "onnx"
         self.config = ModelConfig.from_dict({"name": self.path.stem, "mode": "onnx"} | meta, f"{self.path} metadata")
-
-    engine = "onnx"
 
     def predict_proba_tensor(self, batch) -> np.ndarray:
         """Scores ``(B, G)`` in [0, 1] for a preprocessed batch ``(B, 3, H, W)`` (array or tensor)."""

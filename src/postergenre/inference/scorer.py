@@ -5,7 +5,9 @@ A scorer is a PyTorch :class:`~postergenre.modeling.model.PosterGenreModel` or a
 and evaluation never ask which one they hold.
 
 Engine rule (``engine="auto"``): ONNX Runtime on CPU (the model is exported once into the cache
-and verified then), PyTorch on a GPU or when the export cannot be made (with a warning). With
+and verified then), in int8 where the model's ``int8`` config section says its int8 engine kept
+the test figures (``"default": true``; :mod:`postergenre.inference.int8`), PyTorch on a GPU or
+when the export cannot be made (with a warning). ``"onnx"`` is always fp32; ``"int8"`` asks for it. With
 ``features=True`` (scoring a labelled dataset) a frozen-mode model stays in PyTorch, so the
 feature cache makes re-scoring posters it has seen free.
 """
@@ -22,14 +24,14 @@ from ..data.images import Preprocess
 from ..errors import ExportError, UsageError
 from ..modeling.decision import DecisionRule
 
-ENGINES = ("auto", "torch", "onnx")
+ENGINES = ("auto", "torch", "onnx", "int8")
 
 
 @runtime_checkable
 class Scorer(Protocol):
     """What every scorer offers. Scores are ``(B, G)`` floats in [0, 1], one column per genre."""
 
-    engine: str  # "torch" or "onnx"
+    engine: str  # "torch", "onnx" (fp32) or "int8"
 
     @property
     def name(self) -> str: ...
@@ -74,7 +76,7 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
         if not Path(model).is_file():
             raise ExportError(f"{model}: file not found")
         return OnnxModel(model)
-    if engine != "torch" and device == "cpu" and (cached := cached_scorer(model, cache_dir, features)) is not None:
+    if engine != "torch" and device == "cpu" and (cached := cached_scorer(model, cache_dir, features, engine)) is not None:
         return cached
     from ..modeling.model import load_model
 
@@ -84,7 +86,16 @@ def load_scorer(model: str | Path | None = None, engine: str = "auto", device: s
     return as_engine(torch_model, engine, cache_dir)
 
 
-def cached_scorer(model: str | Path | None, cache_dir: str | Path | None = None, features: bool = False):
+def wants_int8(config, engine: str) -> bool:
+    """Whether ``engine`` means the int8 model for a model with this config (UsageError when it has none)."""
+    if engine == "int8" and not config.int8:
+        raise UsageError(f"model {config.name!r} has no int8 calibration (int8_ranges.json): use --engine onnx, "
+                         "or calibrate it with postergenre.inference.int8.calibrate")
+    return engine == "int8" or (engine == "auto" and bool((config.int8 or {}).get("default")))
+
+
+def cached_scorer(model: str | Path | None, cache_dir: str | Path | None = None, features: bool = False,
+                  engine: str = "auto"):
     """The model directory's export from the cache, found without building the model (so
     without importing PyTorch), or ``None`` when there is none yet (or a frozen model is to
     score a dataset through the feature cache). The export was verified against PyTorch when
@@ -101,7 +112,23 @@ def cached_scorer(model: str | Path | None, cache_dir: str | Path | None = None,
         return None
     if config.weights_sha256 and sha256_file(model_dir / WEIGHTS_FILE) != config.weights_sha256:
         return None  # load_model reports the damaged file
+    if wants_int8(config, engine):
+        return _int8_or_fp32(config, model_dir, path, cache_dir, engine)
     return OnnxModel(path)
+
+
+def _int8_or_fp32(config, model_dir: Path, fp32: Path, cache_dir, engine: str):
+    """The int8 model (built from the fp32 export once); under ``auto``, fp32 with a warning if it cannot be built."""
+    from .int8 import cached_int8
+    from .onnx_scorer import OnnxModel
+
+    try:
+        return OnnxModel(cached_int8(config, model_dir, fp32, cache_dir))
+    except (ExportError, ImportError, OSError) as exc:
+        if engine == "int8":
+            raise
+        warnings.warn(f"int8 engine unavailable, using fp32 ONNX: {exc}", stacklevel=3)
+        return OnnxModel(fp32)
 
 
 def as_engine(model, engine: str = "auto", cache_dir: str | Path | None = None) -> Scorer:
@@ -118,9 +145,12 @@ def as_engine(model, engine: str = "auto", cache_dir: str | Path | None = None) 
     if engine == "torch" or (engine == "auto" and on_gpu):
         return model
     try:
-        return OnnxModel(cached_export(model, cache_dir))
+        fp32 = cached_export(model, cache_dir)
+        if wants_int8(model.config, engine) and getattr(model, "model_dir", None) is not None:
+            return _int8_or_fp32(model.config, Path(model.model_dir), fp32, cache_dir, engine)
+        return OnnxModel(fp32)
     except (ExportError, ImportError, RuntimeError) as exc:
-        if engine == "onnx":
+        if engine in ("onnx", "int8"):
             raise
         warnings.warn(f"ONNX engine unavailable, using PyTorch: {exc}", stacklevel=2)
         return model

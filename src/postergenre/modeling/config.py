@@ -72,6 +72,7 @@ class ModelConfig:
     head: HeadConfig | None = None
     calibration: dict | None = None  # calibration.Calibration.to_dict(); None: raw sigmoid
     text: dict | None = None  # text.branch.TextBranch.config(): OCR settings, encoders, fusion; None: image only
+    int8: dict | None = None  # inference.int8: calibration ranges file, quantized blocks, measured figures; None: no int8 engine
     training: TrainingRecord | None = None
     weights_sha256: str | None = None
     package_version: str | None = None
@@ -97,6 +98,8 @@ class ModelConfig:
             out["calibration"] = self.calibration
         if self.text is not None:
             out["text"] = self.text
+        if self.int8 is not None:
+            out["int8"] = self.int8
         if self.training is not None:
             out.update({k: v for k, v in asdict(self.training).items() if v not in (None, {})})
         for key in ("weights_sha256", "package_version"):
@@ -113,7 +116,7 @@ class ModelConfig:
         try:
             training = {k: d[k] for k in _RECORD_KEYS if k in d}
             known = {"format_version", "name", "mode", "backbone", "preprocess", "head", "genres", "decision",
-                     "calibration", "text", "weights_sha256", "package_version", "fingerprint", *_RECORD_KEYS}
+                     "calibration", "text", "int8", "weights_sha256", "package_version", "fingerprint", *_RECORD_KEYS}
             return cls(
                 name=d.get("name") or d["backbone"]["name"],
                 genres=list(d["genres"]),
@@ -124,6 +127,7 @@ class ModelConfig:
                 head=HeadConfig(**d["head"]) if d.get("head") else None,
                 calibration=d.get("calibration"),
                 text=d.get("text"),
+                int8=d.get("int8"),
                 training=TrainingRecord(**training) if training else None,
                 weights_sha256=d.get("weights_sha256"),
                 package_version=d.get("package_version"),

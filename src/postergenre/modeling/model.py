@@ -173,9 +173,11 @@ def load_model(model_dir: str | Path | None = None, device: str = "cpu", backbon
     backbone = _load_backbone(cfg, tensors, weights, backbone_weights)
     head = _load_head(cfg, backbone.feature_dim, tensors, weights)
     try:
-        return PosterGenreModel(backbone, head, cfg).to(device).eval()
+        model = PosterGenreModel(backbone, head, cfg).to(device).eval()
     except ValueError as exc:
         raise ModelError(f"{model_dir / CONFIG_FILE}: bad calibration ({exc})") from None
+    model.model_dir = model_dir  # where its int8 ranges and text branch live
+    return model
 
 
 def _read_weights(weights: Path, cfg: ModelConfig) -> dict[str, torch.Tensor]:

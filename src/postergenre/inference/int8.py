@@ -1,0 +1,146 @@
+"""The int8 engine: ONNX Runtime static quantization of a model's fp32 export.
+
+QDQ format, int8 weights per output channel, uint8 activations with MinMax ranges measured on
+training posters (never validation or test). Only the MBConv blocks named in the model's
+``int8`` config section are quantized; the stem, the early blocks, the stage statistics, the
+head convolution, the head and the calibration stay in fp32. Measured on the built-in model
+(benchmarks/int8_probe.py, docs/performance.md): every block quantized costs 0.012 validation mAP,
+spread evenly over the blocks (0.000-0.004 each), while blocks 7-15 together cost 0.0006.
+
+The ranges are a small JSON file in the model folder (``int8_ranges.json``, ONNX Runtime's
+calibration-cache format), so the int8 file is rebuilt anywhere from the fp32 export alone,
+without posters or PyTorch, into ``<cache>/onnx/`` next to the fp32 export, and checked
+against it on the shipped sample posters before it is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ExportError
+from ..modeling.config import ModelConfig
+from .onnx_scorer import METADATA_KEY, export_path, sample_posters
+
+RANGES_FILE = "int8_ranges.json"
+DEFAULT_BLOCKS = tuple(range(7, 16))
+CALIBRATION_POSTERS = 256
+INT8_MAX_DIFF = 0.1  # largest score difference from fp32 allowed on the sample posters
+INT8_MEAN_DIFF = 0.01  # and the mean one
+
+
+def excluded_nodes(node_names: Sequence[str], blocks: Sequence[int]) -> list[str]:
+    """The nodes kept in fp32: everything outside the MBConv ``blocks``."""
+    inside = tuple(f"/_blocks.{b}/" for b in blocks)
+    return [n for n in node_names if not any(tag in n for tag in inside)]
+
+
+def int8_export_path(config: ModelConfig, model_dir: Path, cache_dir: str | Path | None = None) -> Path:
+    """``<cache>/onnx/<name>-<fingerprint>-int8-<ranges and blocks hash>.onnx``."""
+    section = config.int8 or {}
+    digest = hashlib.sha256((model_dir / section.get("ranges", RANGES_FILE)).read_bytes()
+                            + json.dumps(section.get("blocks")).encode()).hexdigest()[:12]
+    fp32 = export_path(config, cache_dir)
+    return fp32.with_name(f"{fp32.stem}-int8-{digest}.onnx")
+
+
+def _quantize(fp32: Path, out: Path, blocks: Sequence[int], ranges: Path, reader=None) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="postergenre-int8-") as tmp:
+        pre = Path(tmp) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        nodes = [n.name for n in onnx.load(str(pre)).graph.node]
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        nodes_to_exclude=excluded_nodes(nodes, blocks), calibration_cache_path=str(ranges))
+
+
+def build_int8(fp32: str | Path, ranges: str | Path, blocks: Sequence[int], out: str | Path) -> dict:
+    """Write the int8 model of export ``fp32`` to ``out`` (atomically), with the export's metadata
+    plus ``"int8"``; ExportError (nothing written) when its scores on the sample posters are
+    further from fp32's than :data:`INT8_MAX_DIFF` / :data:`INT8_MEAN_DIFF`."""
+    import onnx
+
+    from .onnx_scorer import OnnxModel
+
+    fp32, out = Path(fp32), Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _quantize(fp32, tmp, blocks, Path(ranges))
+        proto = onnx.load(str(tmp))
+        meta = json.loads(next(p.value for p in onnx.load(str(fp32)).metadata_props if p.key == METADATA_KEY))
+        del proto.metadata_props[:]
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, json.dumps(meta | {"int8": {"blocks": list(blocks), "format": "QDQ"}})
+        onnx.save(proto, str(tmp))
+        check = _compare(OnnxModel(fp32), OnnxModel(tmp))
+        if not (check["max_abs_diff"] <= INT8_MAX_DIFF and check["mean_abs_diff"] <= INT8_MEAN_DIFF):
+            raise ExportError(f"{out}: int8 scores differ from fp32's by {check['max_abs_diff']:.3f} at most, "
+                              f"{check['mean_abs_diff']:.4f} on average, on the sample posters; not written")
+        os.replace(tmp, out)
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - onnx/ORT raise their own types
+        raise ExportError(f"{out}: cannot build the int8 model ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {"path": str(out)} | check
+
+
+def _compare(a, b) -> dict:
+    from ..data.images import poster_batch
+
+    batch = poster_batch(sample_posters(), a.preprocess)
+    diff = np.abs(a.predict_proba_tensor(batch) - b.predict_proba_tensor(batch))
+    return {"max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()), "n_checked": len(batch)}
+
+
+def cached_int8(config: ModelConfig, model_dir: Path, fp32: Path, cache_dir: str | Path | None = None) -> Path:
+    """The model's int8 file in the cache, built from its fp32 export ``fp32`` once."""
+    path = int8_export_path(config, model_dir, cache_dir)
+    if not path.is_file():
+        section = config.int8 or {}
+        build_int8(fp32, model_dir / section.get("ranges", RANGES_FILE), section.get("blocks", DEFAULT_BLOCKS), path)
+    return path
+
+
+def calibrate(model_dir: str | Path, posters: Sequence[str | Path], blocks: Sequence[int] = DEFAULT_BLOCKS,
+              cache_dir: str | Path | None = None) -> dict:
+    """Measure the activation ranges of the model in ``model_dir`` on ``posters`` (training
+    posters: never validation or test) and write them to ``<model_dir>/int8_ranges.json``
+    (atomically). Returns the config's ``int8`` section (the caller writes it)."""
+    from ..data.images import decoded_batches
+    from .scorer import load_scorer
+
+    fp32 = load_scorer(model_dir, "onnx", cache_dir=cache_dir)
+    model_dir = Path(model_dir)
+
+    class Reader:
+        def __init__(self):
+            self.batches = (b for _, b, _ in decoded_batches([str(p) for p in posters], fp32.preprocess, 8))
+
+        def get_next(self):
+            b = next(self.batches, None)
+            return None if b is None else {"image": b}
+
+    out = model_dir / RANGES_FILE
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    with tempfile.TemporaryDirectory(prefix="postergenre-int8-") as scratch:
+        try:
+            _quantize(fp32.path, Path(scratch) / "q.onnx", blocks, tmp, Reader())
+            os.chmod(tmp, 0o644)  # a file of the model folder, shipped with it
+            os.replace(tmp, out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return {"ranges": RANGES_FILE, "blocks": list(blocks), "calibration_posters": len(posters), "format": "QDQ",
+            "weights": "int8 per channel", "activations": "uint8 per tensor, MinMax"}
