@@ -15,6 +15,9 @@ Every figure is a separate process measured by ``/usr/bin/time`` (wall, user, sy
 - ``extraction``: frozen features of ``--n`` posters into an empty cache (ONNX Runtime and PyTorch).
 - ``evaluate_torch`` / ``finetune_epoch``: the PyTorch paths on 300 posters, with and without
   keeping freed memory in the heap (``POSTERGENRE_KEEP_FREED_MEMORY``; see ``backbones/_malloc.py``).
+
+``WHOLE_COMMAND_QUICK=1`` stops after the catalogue and the study's (the figures issue 21 asks for);
+``predict_catalogue_fp32`` is the same catalogue with ``--engine onnx``.
 """
 
 from __future__ import annotations
@@ -111,9 +114,13 @@ def measure(images: Path, n: int, tmp: Path) -> dict:
     ours = timed([*CLI, "predict", str(cat), "--output", str(tmp / "out.jsonl")], cache)
     studies = {kind: timed([sys.executable, "-c", STUDY, str(cat), kind]) for kind in ("plain", "keep")}
     study = min(studies.values(), key=lambda r: r["wall_s"])  # the faster study: the conservative ratio
+    fp32 = timed([*CLI, "predict", str(cat), "--engine", "onnx", "--output", str(tmp / "out-fp32.jsonl")], cache)
+    out["predict_catalogue_fp32"] = fp32 | {"posters_per_s": round(n / fp32["wall_s"], 2)}
     ours["posters_per_s"] = round(n / ours["wall_s"], 2)
     out["predict_catalogue"] = ours | {"x_study": round(study["wall_s"] / ours["wall_s"], 2)}
     out["study_catalogue"] = {k: r | {"posters_per_s": round(n / r["wall_s"], 2)} for k, r in studies.items()}
+    if os.environ.get("WHOLE_COMMAND_QUICK"):  # cold start and catalogue only (issue 21's figures)
+        return out
     for engine in ("onnx", "torch"):
         r = timed([sys.executable, "-c", EXTRACT, str(cat), str(tmp / f"features-{engine}"), engine])
         out[f"extraction_{engine}"] = r | {"posters_per_s": round(n / r["wall_s"], 2)}

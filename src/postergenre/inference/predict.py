@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -77,9 +78,14 @@ def predict_paths(
     genres = model.genres
     paths_iter = _files_to_do(inputs, skip, shard)
     while block := list(itertools.islice(paths_iter, BLOCK)):
-        texts = text.read(block) if text is not None else [None] * len(block)
-        for idx, batch, errors in decoded_batches(block, model.preprocess, batch_size, workers):
-            scores = model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(genres)))
+        batches = _scored_batches(model, block, batch_size, workers)
+        texts = [None] * len(block)
+        if text is not None:  # OCR (worker processes) reads the block while the image model scores it
+            with ThreadPoolExecutor(1, thread_name_prefix="postergenre-ocr") as pool:
+                reading = pool.submit(text.read, block)
+                batches = list(batches)
+                texts = reading.result()
+        for idx, scores, errors in batches:
             if text is not None and len(scores):
                 scores = text.combine(scores, [texts[i] for i in idx])
             masks = decision.apply(scores) if len(scores) else scores.astype(bool)
@@ -89,6 +95,12 @@ def predict_paths(
                     yield result(block[i], None, None, genres, errors[i])
                 else:
                     yield result(block[i], *by_index[i], genres, text=texts[i])
+
+
+def _scored_batches(model, block: list, batch_size: int, workers: int | None) -> Iterator[tuple]:
+    """``(indices, image scores (B, G), {index: error})`` for each decoded batch of ``block``."""
+    for idx, batch, errors in decoded_batches(block, model.preprocess, batch_size, workers):
+        yield idx, model.predict_proba_tensor(batch) if batch is not None else np.zeros((0, len(model.genres))), errors
 
 
 def score_paths(model, paths: list, cache_dir=None, progress: bool = False) -> tuple[np.ndarray, dict[int, str]]:
