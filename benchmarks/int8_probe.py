@@ -1,11 +1,16 @@
-"""First probe of an int8 image engine (issue 21): ONNX Runtime static quantization of the built-in
-model's fp32 export, calibrated on 256 training posters, compared with fp32 on validation only.
+"""Which int8 image engine (issue 21): ONNX Runtime static quantization of the built-in model's
+fp32 export, calibrated on 256 training posters, compared with fp32 on validation only.
 
-    .venv/bin/python benchmarks/int8_probe.py --data ../shared/datasets/movie-posters [--out benchmarks/results/int8_probe.json]
+    .venv/bin/python benchmarks/int8_probe.py --data ../shared/datasets/movie-posters \
+        [--groups probe,options,kinds,blocks,ranges] [--out benchmarks/results/int8_probe.json]
 
-Variants: QDQ with per-channel int8 weights and uint8 activations (MinMax calibration), on every
-op ONNX Runtime quantizes, on convolutions only, or on the MBConv blocks only. Each row: validation micro recall@3 / mAP
-against fp32, the largest score difference, and posters/s of scoring (decode included, 2 cores).
+QDQ with per-channel int8 weights and uint8 activations (MinMax calibration) unless a variant
+says otherwise. Groups: ``probe`` (all ops, Conv only, MBConv blocks only), ``options``
+(reduce_range, uint8 weights, the tapped stage outputs in fp32), ``kinds`` (depthwise or expand
+convolutions kept in fp32, project convolutions only), ``blocks`` (one block at a time: how the
+loss is spread), ``ranges`` (blocks 7-15, 2-15: the engine's candidates). Each row: validation
+micro recall@3 / mAP against fp32, the largest and mean score difference, and posters/s of
+scoring (decode included, 2 cores: only meaningful when nothing else runs).
 """
 
 from __future__ import annotations
@@ -35,10 +40,30 @@ def _outside_blocks(name: str) -> bool:
     return "/head/" in name or "/calibration/" in name or (name.startswith("/model/backbone/") and "_blocks" not in name)
 
 
-VARIANTS = {  # name: (op types to quantize (None: all), nodes kept in fp32)
-    "qdq per-channel, all ops": (None, lambda name: False),
-    "qdq per-channel, Conv only": (["Conv"], lambda name: False),
-    "qdq per-channel, MBConv blocks only (stem, statistics, head conv, head in fp32)": (None, _outside_blocks),
+def _blocks(*ids):
+    return lambda name: not any(f"_blocks.{i}/" in name for i in ids)
+
+
+TAPS = [f"/model/backbone/_blocks.{i}/Add" for i in (2, 4, 10)]  # the block outputs the stage statistics read
+_dw, _expand = (lambda n: "_depthwise_conv/Conv" in n), (lambda n: "_expand_conv/Conv" in n)
+GROUPS = {  # group: {name: (op types to quantize (None: all), nodes kept in fp32, quantize_static options)}
+    "probe": {
+        "qdq per-channel, all ops": (None, lambda name: False, {}),
+        "qdq per-channel, Conv only": (["Conv"], lambda name: False, {}),
+        "qdq per-channel, MBConv blocks only (stem, statistics, head conv, head in fp32)": (None, _outside_blocks, {}),
+    },
+    "options": {
+        "blocks only, reduce_range": (None, _outside_blocks, {"reduce_range": True}),
+        "blocks only, uint8 weights": (None, _outside_blocks, {"weight_type": QuantType.QUInt8}),
+        "blocks only, tapped outputs fp32": (None, lambda n: _outside_blocks(n) or n in TAPS, {}),
+    },
+    "kinds": {
+        "blocks, depthwise fp32": (None, lambda n: _outside_blocks(n) or _dw(n), {}),
+        "blocks, expand fp32": (None, lambda n: _outside_blocks(n) or _expand(n), {}),
+        "blocks, project convs only": (None, lambda n: _outside_blocks(n) or _expand(n) or _dw(n) or "/Add" in n, {}),
+    },
+    "blocks": {f"only block {i}": (None, _blocks(i), {}) for i in range(16)},
+    "ranges": {"blocks 7-15 (the engine)": (None, _blocks(*range(7, 16)), {}), "blocks 2-15": (None, _blocks(*range(2, 16)), {})},
 }
 
 
@@ -64,6 +89,7 @@ def scored(session_path: Path, paths, preprocess) -> tuple[np.ndarray, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, type=Path)
+    ap.add_argument("--groups", default="probe,options,kinds,ranges", help=f"comma list of {', '.join(GROUPS)}")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "int8_probe.json")
     a = ap.parse_args()
     fp32 = load_scorer("default", "onnx")
@@ -79,14 +105,16 @@ def main() -> None:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(fp32.path), str(pre), skip_symbolic_shape=True)
         nodes = [n.name for n in onnx.load(str(pre)).graph.node]
-        for name, (ops, keep) in VARIANTS.items():
+        variants = {k: v for g in a.groups.split(",") for k, v in GROUPS[g].items()}
+        for name, (ops, keep, options) in variants.items():
             q = Path(tmp) / "q.onnx"
+            kw = {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8} | options
             quantize_static(str(pre), str(q), Posters(calibration, fp32.preprocess), quant_format=QuantFormat.QDQ,
-                            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=ops, nodes_to_exclude=[n for n in nodes if keep(n)])
+                            per_channel=True, op_types_to_quantize=ops, nodes_to_exclude=[n for n in nodes if keep(n)], **kw)
             s, speed = scored(q, val.paths, fp32.preprocess)
             rows.append({"variant": name, "micro_recall_at_3": M.micro_recall_at_k(y, s, 3), "mAP": M.macro_average_precision(y, s),
-                         "max_abs_diff": float(np.abs(s - base).max()), "posters_per_s": round(speed, 1)})
+                         "max_abs_diff": float(np.abs(s - base).max()), "mean_abs_diff": float(np.abs(s - base).mean()),
+                         "posters_per_s": round(speed, 1)})
             print(json.dumps(rows[-1]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"n_val": len(val), "n_calibration": len(calibration), "rows": rows}, indent=1) + "\n")

@@ -28,9 +28,11 @@ HERE = Path(__file__).resolve().parent
 
 READ = """
 import sys
-from postergenre.text.ocr import OcrSettings, read_posters
+from postergenre.inference.scorer import load_text_reader
+from postergenre.text.ocr import read_posters
 paths = sorted(__import__("glob").glob(sys.argv[1] + "/*.jpg"))
-print(sum(bool(t) for t in read_posters(paths, OcrSettings(), use_cache=False, workers=int(sys.argv[2]))))
+settings = load_text_reader("default").branch.ocr  # the built-in model's own setting
+print(sum(bool(t) for t in read_posters(paths, settings, use_cache=False, workers=int(sys.argv[2]))))
 """
 
 

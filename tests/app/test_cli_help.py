@@ -54,7 +54,7 @@ def test_every_option_and_argument_is_explained():
 def test_usage_metavars_and_choices_in_help():
     page = help_page("predict")
     assert "Usage: root predict [OPTIONS] PATHS..." in page  # CliRunner names the program "root"
-    for shown in ("[top_k|thresholds]", "[table|json|csv|jsonl]", "[auto|torch|onnx]", "--batch-size", "--device",
+    for shown in ("[top_k|thresholds]", "[table|json|csv|jsonl]", "[auto|torch|onnx|int8]", "--batch-size", "--device",
                   "--quiet", "--force", "FILE", "I/N", "--help"):
         assert shown in page, shown
     assert "MODEL" in help_page("export") and "Model directory" in help_page("export")

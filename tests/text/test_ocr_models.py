@@ -38,7 +38,7 @@ def test_the_lean_recognizer_reads_what_the_original_reads(cache_dir):
     images = [np.asarray(draw_words(Image.new("RGB", (200, 300), (90, 20, 20)), ["MIDNIGHT", "SCREAM"]))]
     images += [np.asarray(Image.open(p).convert("RGB")) for p in sorted(POSTERS.glob("*.jpg"))[::400][:8]]
     lean = lean_copy(rapidocr_model("Rec"), cache_dir)
-    assert lean.parent == Path(cache_dir) / "ocr" / "models"
+    assert lean.parent == Path(cache_dir) / "ocr-models"
     orig, new = _engine(), _engine(lean)
     read = lambda eng, a: [(t, round(float(s), 3)) for _, t, s in (eng(a)[0] or [])]
     pairs = [(read(orig, a), read(new, a)) for a in images]

@@ -8,7 +8,8 @@ block into the convolution's weights and bias and writes each hard-swish as two 
 (``x * HardSigmoid(x)``, which needs no newer opset than the model's):
 the same arithmetic up to float rounding, checked against the original on every build.
 
-The lean copies are built once into ``<cache>/ocr/models/`` (atomically) and used by
+The lean copies are built once into ``<cache>/ocr-models/`` (atomically; beside the OCR cache, not
+in it, so emptying the cache of read text does not cost a rebuild) and used by
 :class:`~postergenre.text.ocr.OcrReader`; a model the rewrite does not match is used as it is.
 """
 
@@ -183,7 +184,7 @@ def lean_copy(src: str | Path, cache_dir: str | Path | None = None) -> Path:
     """The cached lean copy of ``src`` (built on first use), or ``src`` itself when it cannot be made."""
     src = Path(src)
     digest = hashlib.sha1(src.read_bytes()).hexdigest()[:12]
-    out = Path(cache_dir or default_cache_dir()) / "ocr" / "models" / f"{src.stem}-lean-{digest}.onnx"
+    out = Path(cache_dir or default_cache_dir()) / "ocr-models" / f"{src.stem}-lean-{digest}.onnx"
     if out.is_file():
         return out
     try:
