@@ -28,6 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from postergenre.data.dataset import load_dataset
 from postergenre.data.images import decoded_batches
+from postergenre.inference.int8 import excluded_nodes
 from postergenre.inference.onnx_scorer import OnnxModel
 from postergenre.inference.scorer import load_scorer
 from postergenre.modeling import metrics as M
@@ -41,7 +42,8 @@ def _outside_blocks(name: str) -> bool:
 
 
 def _blocks(*ids):
-    return lambda name: not any(f"_blocks.{i}/" in name for i in ids)
+    """Kept in fp32: what the engine keeps when it quantizes blocks ``ids``."""
+    return lambda name: bool(excluded_nodes([name], ids))
 
 
 TAPS = [f"/model/backbone/_blocks.{i}/Add" for i in (2, 4, 10)]  # the block outputs the stage statistics read

@@ -25,7 +25,7 @@ class Batcher:
     def __init__(self, score: Callable[[np.ndarray], np.ndarray], max_batch: int = DEFAULT_MAX_BATCH, name: str = "postergenre-infer"):
         self._score, self.max_batch = score, max_batch
         self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self.passes = 0  # forward passes run (for tests and /api/health's curious)
+        self.passes = 0  # forward passes run
         self._thread = threading.Thread(target=self._loop, daemon=True, name=name)
         self._thread.start()
 

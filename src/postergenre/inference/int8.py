@@ -30,7 +30,6 @@ from .onnx_scorer import METADATA_KEY, export_path, sample_posters
 
 RANGES_FILE = "int8_ranges.json"
 DEFAULT_BLOCKS = tuple(range(7, 16))
-CALIBRATION_POSTERS = 256
 INT8_MAX_DIFF = 0.1  # largest score difference from fp32 allowed on the sample posters
 INT8_MEAN_DIFF = 0.01  # and the mean one
 
