@@ -3,7 +3,7 @@ posters (and, with ``--score-test``, the test part, once the setting is chosen),
 model's text branch, as fitted on the default setting's text, fuses what it read.
 
     .venv/bin/python benchmarks/ocr_settings.py --data ../shared/datasets/movie-posters \
-        [--settings default,rec160b1] [--score-test] [--speed 100] [--out benchmarks/results/ocr_settings.json]
+        [--settings default,rec160b1] [--score-test] [--engine onnx|auto] [--speed 100] [--out benchmarks/results/ocr_settings.json]
 
 Per setting: OCR core-seconds per poster (the sum of each poster's reading time, one ONNX thread
 per worker process), the share of posters with text, and micro recall@3 / mAP of the fused
@@ -71,15 +71,16 @@ def main() -> None:
     ap.add_argument("--data", required=True, type=Path)
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--score-test", action="store_true", help="also score the test part (only once a setting is chosen)")
+    ap.add_argument("--engine", default="onnx", help="the image branch's engine: onnx (fp32, as the fusion was fitted) or auto (the default)")
     ap.add_argument("--speed", type=int, default=0, help="also time N posters, one setting after another")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "ocr_settings.json")
     a = ap.parse_args()
-    scorer, reader = load_scorer("default", "onnx"), load_text_reader("default")
+    scorer, reader = load_scorer("default", a.engine), load_text_reader("default")
     base = reader.branch.ocr
     speed = speed_rows(a.data / "Images", a.speed, a.settings.split(","), base) if a.speed else []
     parts, (ds, _) = read_split("default"), load_dataset(a.data)
-    out = {"command": "python benchmarks/ocr_settings.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
-                                                                      if k in ("data", "settings", "speed"))
+    out = {"engine": scorer.engine, "command": "python benchmarks/ocr_settings.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(a).items()
+                                                                      if k in ("data", "settings", "speed", "engine"))
                       + (" --score-test" if a.score_test else ""), "rows": []}
     for part in ["val"] + (["test"] if a.score_test else []):
         subset = ds.subset_ids(parts[part])

@@ -4,6 +4,8 @@
   (PyTorch or ONNX Runtime).
 - :mod:`.onnx_engine`: the verified ONNX export and its cache; :mod:`.onnx_scorer`: the
   torch-free ONNX Runtime scorer and the export's cache key.
+- :mod:`.int8`: the int8 engine (static quantization, a plan per CPU); :mod:`.int8_head`: the
+  head tuned on the int8 model's own features, for the plan that quantizes every block.
 - :mod:`.predict`: prediction and evaluation over files (streamed, in order, errors per file).
 - :mod:`.batch`: the predict command's job (``run_predictions``): output files, resume, shards, merge.
 - :mod:`.formats`: the per-poster result record, the output formats, the streamed writer.
