@@ -68,6 +68,7 @@ def main() -> None:
     train = [primary.subset_ids(parts["train"]), extra.subset_ids(parts["extra_train"][extra_dir.name])]
     val, test = primary.subset_ids(parts["val"]), primary.subset_ids(parts["test"])
     fp32 = load_scorer(a.model, "onnx")
+    config = json.loads((a.model / "config.json").read_text())
     result = {"cpu": cpu_name(), "vnni": cpu_has_vnni(), "n_train": sum(len(t) for t in train), "n_val": len(val),
               "n_test": len(test)}
     if a.fit:
@@ -78,11 +79,10 @@ def main() -> None:
                                 (val.paths, val.labels_in(fp32.genres)[0]), ALL_BLOCKS, RECIPE)
         result["history"] = section["history"]
     elif a.config:
-        section = {"history": json.loads((a.model / "config.json").read_text())["int8"].get("vnni", {}).get("history"),
+        section = {"history": config["int8"].get("vnni", {}).get("history"),
                    "sample_scores": recorded_sample_scores(a.model, ALL_BLOCKS)}
     else:  # score what the model folder holds
-        section = json.loads((a.model / "config.json").read_text())["int8"]["vnni"]
-    config = json.loads((a.model / "config.json").read_text())
+        section = config["int8"]["vnni"]
     ranges = a.model / config["int8"].get("ranges", RANGES_FILE)
     rows = {"fp32": fp32}
     with tempfile.TemporaryDirectory(prefix="int8-head-") as tmp:

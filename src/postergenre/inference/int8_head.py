@@ -114,6 +114,7 @@ def fit_int8_head(model_dir: str | Path, train: tuple, val: tuple, blocks: Seque
 
     from ..modeling.model import load_model
     from .int8 import RANGES_FILE, build_int8
+    from .onnx_scorer import sample_posters
     from .scorer import load_scorer
 
     model_dir = Path(model_dir)
@@ -125,6 +126,7 @@ def fit_int8_head(model_dir: str | Path, train: tuple, val: tuple, blocks: Seque
         build_int8(fp32.path, model_dir / section.get("ranges", RANGES_FILE), blocks, int8)
         features = head_inputs(int8, train[0], fp32.preprocess)
         val_features = head_inputs(int8, val[0], fp32.preprocess)
+        sample_features = head_inputs(int8, sample_posters(), fp32.preprocess)
     tensors, history = tune_head(model, features, train[1], train[2], val_features, val[1], recipe)
     out = model_dir / HEAD_FILE
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
@@ -135,14 +137,25 @@ def fit_int8_head(model_dir: str | Path, train: tuple, val: tuple, blocks: Seque
     finally:
         tmp.unlink(missing_ok=True)
     return {"blocks": list(blocks), "head": HEAD_FILE, "recipe": dict(recipe), "n_train": len(features),
-            "history": history, "sample_scores": recorded_sample_scores(model_dir, blocks, cache_dir)}
+            "history": history, "sample_scores": _scores_with(model, tensors, sample_features)}
+
+
+def _scores_with(model, tensors: dict[str, np.ndarray], features: np.ndarray) -> list:
+    """Scores ``(N, G)`` (5 decimals) of ``model``'s head and calibration with ``tensors`` put in, on head inputs ``features``."""
+    import torch
+
+    head, calibration = copy.deepcopy(model.head).float().cpu().eval(), copy.deepcopy(model.calibration).cpu()
+    for module, prefix in ((head, "model.head."), (calibration, "model.calibration.")):
+        module.load_state_dict({k.removeprefix(prefix): torch.from_numpy(v) for k, v in tensors.items()
+                                if k.startswith(prefix)}, strict=False)  # the head's standardisation stays the fp32 head's
+    with torch.no_grad():
+        return np.round(torch.sigmoid(calibration(head(torch.from_numpy(features)))).numpy(), 5).tolist()
 
 
 def recorded_sample_scores(model_dir: str | Path, blocks: Sequence[int], cache_dir: str | Path | None = None) -> list:
     """The scores ``(6, G)`` of the model's int8 head (``int8_head.safetensors``) on the sample
     posters, computed by PyTorch on the int8 ``blocks``' features: what the built int8 file must
     reproduce (:func:`postergenre.inference.int8.build_int8`'s ``reference``)."""
-    import torch
     from safetensors.numpy import load_file
 
     from ..modeling.model import load_model
@@ -152,15 +165,8 @@ def recorded_sample_scores(model_dir: str | Path, blocks: Sequence[int], cache_d
 
     model_dir = Path(model_dir)
     model, fp32 = load_model(model_dir), load_scorer(model_dir, "onnx", cache_dir=cache_dir)
-    head, calibration = copy.deepcopy(model.head).float().cpu().eval(), copy.deepcopy(model.calibration).cpu()
-    tensors = {k: torch.from_numpy(v) for k, v in load_file(str(model_dir / HEAD_FILE)).items()}
-    for module, prefix in ((head, "model.head."), (calibration, "model.calibration.")):
-        module.load_state_dict({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)},
-                               strict=False)  # the head's standardisation buffers stay the fp32 head's
     with tempfile.TemporaryDirectory(prefix="postergenre-int8-head-") as scratch:
         int8 = Path(scratch) / "int8.onnx"
         build_int8(fp32.path, model_dir / (model.config.int8 or {}).get("ranges", RANGES_FILE), blocks, int8)
         features = head_inputs(int8, sample_posters(), fp32.preprocess)
-    with torch.no_grad():
-        scores = torch.sigmoid(calibration(head(torch.from_numpy(features)))).numpy()
-    return np.round(scores, 5).tolist()
+    return _scores_with(model, load_file(str(model_dir / HEAD_FILE)), features)
