@@ -67,6 +67,7 @@ def tune_head(model, features: np.ndarray, y: np.ndarray, known: np.ndarray | No
 
     from ..modeling import metrics as M
     from ..modeling.calibration import fit_platt, fit_temperature
+    from ..modeling.epochs import BestEpoch, train_epoch
 
     torch.manual_seed(recipe["seed"])  # dropout
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -76,16 +77,10 @@ def tune_head(model, features: np.ndarray, y: np.ndarray, known: np.ndarray | No
     xv = torch.from_numpy(val_features)
     opt = torch.optim.AdamW(head.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe["epochs"])
-    history, best = [], (-1.0, None, None)
+    history, keeper = [], BestEpoch(patience=recipe["epochs"] + 1)
     for epoch in range(1, recipe["epochs"] + 1):
-        head.train()
-        losses = []
-        for b in torch.randperm(len(x), generator=gen).split(recipe["batch_size"]):
-            loss = F.binary_cross_entropy_with_logits(calibrate(head(x[b])), t[b], weight=w[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses = train_epoch(head, lambda b: F.binary_cross_entropy_with_logits(calibrate(head(x[b])), t[b], weight=w[b]),
+                             len(x), recipe["batch_size"], opt, gen)
         sched.step()
         head.eval()
         with torch.no_grad():
@@ -93,13 +88,12 @@ def tune_head(model, features: np.ndarray, y: np.ndarray, known: np.ndarray | No
         row = {"epoch": epoch, "loss": float(np.mean(losses)), "val_mAP": M.macro_average_precision(val_y, logits),
                "val_micro_recall_at_3": M.micro_recall_at_k(val_y, logits, 3)}
         history.append(row)
-        if row["val_mAP"] > best[0]:
-            best = (row["val_mAP"], {k: v.detach().numpy().copy() for k, v in head.state_dict().items()
-                                     if k.startswith("net.")}, logits)
-    tensors = {f"model.head.{k}": v for k, v in best[1].items()}
+        keeper.update(row, logits, head)
+    best_logits = keeper.restore_best(head)
+    tensors = {f"model.head.{k}": v.numpy().copy() for k, v in head.state_dict().items() if k.startswith("net.")}
     kind = model.calibration.kind
     if kind in ("platt", "temperature"):
-        cal = (fit_platt if kind == "platt" else fit_temperature)(best[2], val_y)
+        cal = (fit_platt if kind == "platt" else fit_temperature)(best_logits, val_y)
         tensors |= {"model.calibration.scale": cal.scale.numpy(), "model.calibration.bias": cal.bias.numpy()}
     return tensors, history
 

@@ -7,6 +7,7 @@
 - :mod:`.calibration`: per-genre Platt / temperature calibration of the logits (and isotonic, to measure).
 - :mod:`.decision`: top-k and per-genre threshold rules.
 - :mod:`.losses`: training losses (BCE, class-balanced BCE, asymmetric loss).
+- :mod:`.epochs`: one epoch over in-memory rows and the best-epoch keeper (head loops).
 - :mod:`.metrics`: the metrics (scikit-learn); :mod:`.reliability`: the reliability diagram of any scores.
 - :mod:`.scoring`: any scorer over image files (torch-free).
 

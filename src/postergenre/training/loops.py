@@ -1,6 +1,7 @@
 """The training loops, read top to bottom: the head on cached features (:func:`fit_head`) and
 the whole network on decoded posters (:func:`fit_end_to_end`), with the epoch bookkeeping they
-share (:class:`History`, :class:`BestEpoch`, per-epoch checkpoints).
+share (:class:`History`, per-epoch checkpoints; one epoch over in-memory rows and the best-epoch
+keeper are :mod:`postergenre.modeling.epochs`, shared with the int8 engine's head tuning).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..backbones.features import make_loader
 from ..distributed import SINGLE, Dist
 from ..errors import DatasetError
 from ..modeling import metrics as M
+from ..modeling.epochs import BestEpoch, train_epoch
 from ..modeling.losses import build_loss
 from .checkpoint import Checkpoints
 from .recipe import Recipe
@@ -68,30 +70,6 @@ class History:
         return "iteration,train_loss\n" + "".join(f"{i + 1},{v:.6g}\n" for i, v in enumerate(self.iterations))
 
 
-class BestEpoch:
-    """Keeps the weights and validation scores of the epoch with the best validation mAP, and
-    says when ``patience`` epochs have passed without a better one."""
-
-    def __init__(self, patience: int):
-        self.patience, self.best, self.stale = patience, -1.0, 0
-        self.state: dict | None = None
-        self.scores: np.ndarray | None = None
-
-    def update(self, row: dict, scores: np.ndarray, module: nn.Module) -> bool:
-        if row["val_mAP"] > self.best:
-            self.best, self.scores, self.stale = row["val_mAP"], scores, 0
-            self.state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
-            return False
-        self.stale += 1
-        return self.stale >= self.patience
-
-    def restore_best(self, module: nn.Module) -> np.ndarray:
-        """Put the best epoch's weights back into ``module`` (on CPU); returns its validation scores."""
-        module.load_state_dict(self.state)
-        module.cpu()
-        return self.scores
-
-
 def close_epoch(epoch: int, row: dict, scores: np.ndarray, module: nn.Module, opt, sched, gen, keeper: BestEpoch,
                  history: History, ckpt: Checkpoints | None) -> bool:
     """End of an epoch in either loop: update the best epoch, checkpoint; True when training should stop."""
@@ -140,16 +118,8 @@ def fit_head(head: nn.Module, feats: np.ndarray, y: np.ndarray, train_idx, val_i
     bar = tqdm(range(start + 1, r.epochs + 1) if not stopped else [], desc="epochs", unit="ep", disable=not progress)
     for epoch in bar:
         t = time.time()
-        head.train()
-        order = torch.randperm(len(xt), generator=gen).to(r.device)
-        losses = []
-        for i in range(0, len(order), r.batch_size):
-            b = order[i:i + r.batch_size]
-            loss = criterion(head(xt[b]), yt[b], None if kt is None else kt[b])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses = train_epoch(head, lambda b: criterion(head(xt[b]), yt[b], None if kt is None else kt[b]), len(xt),
+                             r.batch_size, opt, gen, r.device)
         sched.step()
         head.eval()
         with torch.no_grad():
