@@ -45,6 +45,9 @@ def test_the_plan_follows_the_cpu_and_the_builtin_model_has_both(monkeypatch):
     for forced in ("vnni", "plain"):
         monkeypatch.setenv("POSTERGENRE_INT8_PLAN", forced)
         assert int8_plan(section)["plan"] == forced
+    monkeypatch.setenv("POSTERGENRE_INT8_PLAN", "fast")
+    with pytest.warns(UserWarning, match="POSTERGENRE_INT8_PLAN='fast' is neither"):
+        assert int8_plan(section)["plan"] in ("vnni", "plain")
 
 
 @needs_shared(STUDY)
@@ -61,6 +64,14 @@ def test_int8_scores_stay_close_to_fp32_on_study_posters(cache_dir, monkeypatch,
     top3 = lambda s: [set(r) for r in np.argsort(-s)[:, :3]]
     assert np.mean([x == y for x, y in zip(top3(a), top3(b))]) >= 0.8  # the same three genres on most posters
     assert (a != b).any()  # really a different engine
+    from fastapi.testclient import TestClient
+
+    from postergenre.app.serve import create_app
+
+    with TestClient(create_app(str(auto.path), background_load=False)) as c:  # the API says which plan it runs
+        h = c.get("/api/health").json()
+    assert h["engine"] == "int8" and h["int8"] == {"blocks": list(range(16)) if plan == "vnni" else list(range(7, 16)),
+                                                    "head": HEAD_FILE if plan == "vnni" else None}
 
 
 def test_one_poster_builds_int8_from_the_export_without_torch(tmp_path):

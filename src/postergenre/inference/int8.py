@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -52,6 +53,8 @@ def cpu_has_vnni() -> bool:
     forced = os.environ.get("POSTERGENRE_INT8_PLAN", "").strip().lower()
     if forced in ("vnni", "plain"):
         return forced == "vnni"
+    if forced:
+        warnings.warn(f"POSTERGENRE_INT8_PLAN={forced!r} is neither 'vnni' nor 'plain': choosing from the CPU", stacklevel=2)
     try:
         flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:

@@ -59,7 +59,8 @@ class OnnxModel(ConfigAccessors):
             raise ExportError(f"{self.path}: not a postergenre export (no '{METADATA_KEY}' metadata)") from None
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise ExportError(f"{self.path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
-        self.engine = "int8" if meta.pop("int8", None) else "onnx"
+        self.int8 = meta.pop("int8", None)  # {"blocks", "format", "head"} of an int8 file
+        self.engine = "int8" if self.int8 else "onnx"
         self.config = ModelConfig.from_dict({"name": self.path.stem, "mode": "onnx"} | meta, f"{self.path} metadata")
 
     def predict_proba_tensor(self, batch) -> np.ndarray:
