@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from postergenre._io import atomic_file
 from postergenre.data.dataset import load_dataset
 from postergenre.inference.int8 import RANGES_FILE, build_int8, cpu_has_vnni
 from postergenre.inference.int8_head import HEAD_FILE, RECIPE, fit_int8_head, recorded_sample_scores
@@ -104,9 +104,7 @@ def main() -> None:
             "validation": tuned["validation"], "test": tuned["test"], "measured_on": result["cpu"],
             "rule": "on CPUs with VNNI: every block in int8 and the head tuned on the int8 features of the training "
                     "posters (epoch chosen on validation); test micro recall@3 and mAP within 0.003 of fp32 (issue 21)"}
-        tmp = a.model / ".config.json.tmp"
-        tmp.write_text(json.dumps(config, indent=2) + "\n")
-        os.replace(tmp, a.model / "config.json")
+        atomic_file(a.model / "config.json", json.dumps(config, indent=2) + "\n")
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=1) + "\n")
 

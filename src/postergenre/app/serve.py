@@ -271,7 +271,7 @@ async def health(state: ServerState = Depends(server_state)):
     if holder.status == "ready":
         body.update(model=holder.scorer.name, engine=holder.scorer.engine, genres=len(holder.scorer.genres),
                     calibrated=holder.scorer.calibrated, text=holder.text is not None)
-        if getattr(holder.scorer, "int8", None):  # which int8 plan this CPU got: its blocks, and the head swapped in
+        if holder.scorer.engine == "int8":  # which int8 plan this CPU got: its blocks, and the head swapped in
             body["int8"] = {"blocks": holder.scorer.int8["blocks"], "head": holder.scorer.int8.get("head")}
     if holder.error:
         body["error"] = holder.error

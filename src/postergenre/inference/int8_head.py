@@ -104,34 +104,32 @@ def fit_int8_head(model_dir: str | Path, train: tuple, val: tuple, blocks: Seque
     ``<model_dir>/int8_head.safetensors`` (atomically). ``train`` = ``(paths, y, known)`` of
     training posters, ``val`` = ``(paths, y)`` of validation posters (it picks the epoch).
     Returns the ``vnni`` plan's section (blocks, head file, recipe, per-epoch history)."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
+    from .._io import atomic_bytes
+    from .onnx_scorer import sample_posters
+
+    model, (features, val_features, sample_features) = _int8_head_inputs(
+        model_dir, blocks, (train[0], val[0], sample_posters()), cache_dir)
+    tensors, history = tune_head(model, features, train[1], train[2], val_features, val[1], recipe)
+    os.chmod(atomic_bytes(Path(model_dir) / HEAD_FILE, save(tensors)), 0o644)  # a file of the model folder, shipped with it
+    return {"blocks": list(blocks), "head": HEAD_FILE, "recipe": dict(recipe), "n_train": len(features),
+            "history": history, "sample_scores": _scores_with(model, tensors, sample_features)}
+
+
+def _int8_head_inputs(model_dir: str | Path, blocks: Sequence[int], poster_lists: Sequence[Sequence], cache_dir) -> tuple:
+    """The model in ``model_dir``, and the head's input ``(N, D)`` for each list of posters in
+    ``poster_lists`` under the int8 file of ``blocks`` (built in a scratch folder, fp32 head)."""
     from ..modeling.model import load_model
     from .int8 import RANGES_FILE, build_int8
-    from .onnx_scorer import sample_posters
     from .scorer import load_scorer
 
     model_dir = Path(model_dir)
-    model = load_model(model_dir)
-    fp32 = load_scorer(model_dir, "onnx", cache_dir=cache_dir)
-    section = model.config.int8 or {}
+    model, fp32 = load_model(model_dir), load_scorer(model_dir, "onnx", cache_dir=cache_dir)
     with tempfile.TemporaryDirectory(prefix="postergenre-int8-head-") as scratch:
         int8 = Path(scratch) / "int8.onnx"
-        build_int8(fp32.path, model_dir / section.get("ranges", RANGES_FILE), blocks, int8)
-        features = head_inputs(int8, train[0], fp32.preprocess)
-        val_features = head_inputs(int8, val[0], fp32.preprocess)
-        sample_features = head_inputs(int8, sample_posters(), fp32.preprocess)
-    tensors, history = tune_head(model, features, train[1], train[2], val_features, val[1], recipe)
-    out = model_dir / HEAD_FILE
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        save_file(tensors, str(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"blocks": list(blocks), "head": HEAD_FILE, "recipe": dict(recipe), "n_train": len(features),
-            "history": history, "sample_scores": _scores_with(model, tensors, sample_features)}
+        build_int8(fp32.path, model_dir / (model.config.int8 or {}).get("ranges", RANGES_FILE), blocks, int8)
+        return model, [head_inputs(int8, posters, fp32.preprocess) for posters in poster_lists]
 
 
 def _scores_with(model, tensors: dict[str, np.ndarray], features: np.ndarray) -> list:
@@ -152,15 +150,7 @@ def recorded_sample_scores(model_dir: str | Path, blocks: Sequence[int], cache_d
     reproduce (:func:`postergenre.inference.int8.build_int8`'s ``reference``)."""
     from safetensors.numpy import load_file
 
-    from ..modeling.model import load_model
-    from .int8 import RANGES_FILE, build_int8
     from .onnx_scorer import sample_posters
-    from .scorer import load_scorer
 
-    model_dir = Path(model_dir)
-    model, fp32 = load_model(model_dir), load_scorer(model_dir, "onnx", cache_dir=cache_dir)
-    with tempfile.TemporaryDirectory(prefix="postergenre-int8-head-") as scratch:
-        int8 = Path(scratch) / "int8.onnx"
-        build_int8(fp32.path, model_dir / (model.config.int8 or {}).get("ranges", RANGES_FILE), blocks, int8)
-        features = head_inputs(int8, sample_posters(), fp32.preprocess)
-    return _scores_with(model, load_file(str(model_dir / HEAD_FILE)), features)
+    model, (features,) = _int8_head_inputs(model_dir, blocks, (sample_posters(),), cache_dir)
+    return _scores_with(model, load_file(str(Path(model_dir) / HEAD_FILE)), features)
