@@ -2,11 +2,12 @@
 fp32 export, calibrated on 256 training posters, compared with fp32 on validation only.
 
     .venv/bin/python benchmarks/int8_probe.py --data ../shared/datasets/movie-posters \
-        [--groups probe,options,kinds,blocks,ranges] [--out benchmarks/results/int8_probe.json]
+        [--groups probe,options,format,kinds,blocks,ranges] [--out benchmarks/results/int8_probe.json]
 
 QDQ with per-channel int8 weights and uint8 activations (MinMax calibration) unless a variant
 says otherwise. Groups: ``probe`` (all ops, Conv only, MBConv blocks only), ``options``
-(reduce_range, uint8 weights, the tapped stage outputs in fp32), ``kinds`` (depthwise or expand
+(reduce_range, uint8 weights, the tapped stage outputs in fp32), ``format`` (per-tensor
+weights instead of per-channel, QOperator instead of QDQ), ``kinds`` (depthwise or expand
 convolutions kept in fp32, project convolutions only), ``blocks`` (one block at a time: how the
 loss is spread), ``ranges`` (blocks 7-15, 2-15: the engine's candidates). Each row: validation
 micro recall@3 / mAP against fp32, the largest and mean score difference, and posters/s of
@@ -59,6 +60,10 @@ GROUPS = {  # group: {name: (op types to quantize (None: all), nodes kept in fp3
         "blocks only, uint8 weights": (None, _outside_blocks, {"weight_type": QuantType.QUInt8}),
         "blocks only, tapped outputs fp32": (None, lambda n: _outside_blocks(n) or n in TAPS, {}),
     },
+    "format": {
+        "blocks only, per-tensor weights": (None, _outside_blocks, {"per_channel": False}),
+        "blocks only, QOperator": (None, _outside_blocks, {"quant_format": QuantFormat.QOperator}),
+    },
     "kinds": {
         "blocks, depthwise fp32": (None, lambda n: _outside_blocks(n) or _dw(n), {}),
         "blocks, expand fp32": (None, lambda n: _outside_blocks(n) or _expand(n), {}),
@@ -110,16 +115,20 @@ def main() -> None:
         variants = {k: v for g in a.groups.split(",") for k, v in GROUPS[g].items()}
         for name, (ops, keep, options) in variants.items():
             q = Path(tmp) / "q.onnx"
-            kw = {"activation_type": QuantType.QUInt8, "weight_type": QuantType.QInt8} | options
-            quantize_static(str(pre), str(q), Posters(calibration, fp32.preprocess), quant_format=QuantFormat.QDQ,
-                            per_channel=True, op_types_to_quantize=ops, nodes_to_exclude=[n for n in nodes if keep(n)], **kw)
+            kw = {"quant_format": QuantFormat.QDQ, "per_channel": True, "activation_type": QuantType.QUInt8,
+                  "weight_type": QuantType.QInt8} | options
+            quantize_static(str(pre), str(q), Posters(calibration, fp32.preprocess), op_types_to_quantize=ops,
+                            nodes_to_exclude=[n for n in nodes if keep(n)], **kw)
             s, speed = scored(q, val.paths, fp32.preprocess)
             rows.append({"variant": name, "micro_recall_at_3": M.micro_recall_at_k(y, s, 3), "mAP": M.macro_average_precision(y, s),
                          "max_abs_diff": float(np.abs(s - base).max()), "mean_abs_diff": float(np.abs(s - base).mean()),
                          "posters_per_s": round(speed, 1)})
             print(json.dumps(rows[-1]), flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps({"n_val": len(val), "n_calibration": len(calibration), "rows": rows}, indent=1) + "\n")
+    from postergenre.inference.int8 import cpu_has_vnni
+
+    head = {"command": f"python benchmarks/int8_probe.py --data {a.data} --groups {a.groups}", "vnni": cpu_has_vnni()}
+    a.out.write_text(json.dumps(head | {"n_val": len(val), "n_calibration": len(calibration), "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

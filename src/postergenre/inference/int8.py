@@ -5,13 +5,13 @@ training posters (never validation or test). Only the MBConv blocks named in the
 ``int8`` config section are quantized; the stem, the stage statistics, the head convolution,
 the head and the calibration stay in fp32.
 
-How much int8 costs depends on the CPU's int8 instructions, so the section can hold two plans
-(:func:`int8_plan`). On AVX2 alone (no VNNI) the built-in model lost 0.012 validation mAP with
-every block quantized, spread evenly (0.000-0.004 a block), and 0.0006 with blocks 7-15: its
-``blocks``. On a CPU with VNNI (AVX-512 VNNI or AVX-VNNI), every block quantized lost 0.005,
-and a copy of the head tuned on the int8 model's own features of the training posters
-(:mod:`.int8_head`) takes that back: the ``vnni`` plan, every block plus that head
-(benchmarks/int8_probe.py, benchmarks/int8_head.py, docs/performance.md).
+The section can hold two plans, chosen by the CPU's int8 instructions (:func:`int8_plan`). On
+AVX2 alone (no VNNI), where it was measured, the built-in model quantizes blocks 7-15 (its
+``blocks``: 0.0006 validation mAP; 0.000-0.004 a block, spread evenly). On a CPU with VNNI
+(AVX-512 VNNI or AVX-VNNI), every block quantized lost 0.005, and a copy of the head tuned on
+the int8 model's own features of the training posters (:mod:`.int8_head`) takes that back: the
+``vnni`` plan, every block plus that head (benchmarks/int8_probe.py, benchmarks/int8_head.py,
+docs/performance.md).
 
 The ranges are a small JSON file in the model folder (``int8_ranges.json``, ONNX Runtime's
 calibration-cache format), so the int8 file is rebuilt anywhere from the fp32 export alone,
