@@ -1,4 +1,5 @@
-"""Writing files so that nothing the user keeps is ever half-written, and the cache folder."""
+"""Writing files so that nothing the user keeps is ever half-written, the cache folder, and how
+worker processes start."""
 
 from __future__ import annotations
 
@@ -16,6 +17,20 @@ from .errors import OutputError
 def default_cache_dir() -> Path:
     """Feature caches and ONNX exports: ``$POSTERGENRE_CACHE`` or ``~/.cache/postergenre``."""
     return Path(os.environ.get("POSTERGENRE_CACHE", Path.home() / ".cache" / "postergenre"))
+
+
+def worker_context():
+    """The start method of every worker process the package starts (OCR, DataLoader workers).
+
+    Never ``fork``: a forked child inherits every lock that another thread of the parent held at
+    that instant (the import lock while a decoding thread imports a PIL plugin, tqdm's lock) and
+    waits on it forever; ``predict --text on`` hung in 2-3 of 8 runs that way. ``forkserver``
+    forks workers from a single-threaded server process started once per run (Python 3.14's
+    default on Linux); start-up cost measured in docs/performance.md ("Worker start-up").
+    """
+    import multiprocessing
+
+    return multiprocessing.get_context("forkserver")
 
 
 def atomic_file(path: str | Path, text: str) -> Path:

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import ImageLoadError, Preprocess, decode_for_model, file_digest
-from .._io import default_cache_dir  # noqa: F401 - re-exported
+from .._io import default_cache_dir, worker_context  # noqa: F401 - default_cache_dir re-exported
 from .registry import LoadedBackbone
 
 CHUNK = 512  # images per cache file
@@ -48,7 +48,8 @@ def make_loader(paths, preprocess: Preprocess, batch_size: int, workers: int | N
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if len(paths) > batch_size else 0
     loader = DataLoader(_Files(paths, preprocess, flip), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_collate_pixels, persistent_workers=False, sampler=sampler)
+                        collate_fn=_collate_pixels, persistent_workers=False, sampler=sampler,
+                        multiprocessing_context=worker_context() if workers else None)
     return _Normalized(loader, preprocess)
 
 

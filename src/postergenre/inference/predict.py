@@ -7,9 +7,9 @@ Results come out in input order as plain dicts (the JSON of ``postergenre predic
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -78,23 +78,22 @@ def predict_paths(
     genres = model.genres
     paths_iter = _files_to_do(inputs, skip, shard)
     while block := list(itertools.islice(paths_iter, BLOCK)):
-        batches = _scored_batches(model, block, batch_size, workers)
-        texts = [None] * len(block)
-        if text is not None:  # OCR (worker processes) reads the block while the image model scores it
-            with ThreadPoolExecutor(1, thread_name_prefix="postergenre-ocr") as pool:
-                reading = pool.submit(text.read, block)
-                batches = list(batches)
-                texts = reading.result()
-        for idx, scores, errors in batches:
-            if text is not None and len(scores):
-                scores = text.combine(scores, [texts[i] for i in idx])
-            masks = decision.apply(scores) if len(scores) else scores.astype(bool)
-            by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
-            for i in sorted(list(idx) + list(errors)):
-                if i in errors:
-                    yield result(block[i], None, None, genres, errors[i])
-                else:
-                    yield result(block[i], *by_index[i], genres, text=texts[i])
+        # OCR's worker processes read the block ahead while the image model scores it; each batch
+        # waits only for its own posters' text, so rows stream out as posters are read.
+        texts = text.stream(block) if text is not None else itertools.repeat(None)
+        with contextlib.closing(texts) if text is not None else contextlib.nullcontext():
+            for idx, scores, errors in _scored_batches(model, block, batch_size, workers):
+                chunk = sorted([*idx, *errors])
+                read = dict(zip(chunk, texts))  # the batch's posters are consecutive: the next len(chunk) texts
+                if text is not None and len(scores):
+                    scores = text.combine(scores, [read[i] for i in idx])
+                masks = decision.apply(scores) if len(scores) else scores.astype(bool)
+                by_index = {i: (s, m) for i, s, m in zip(idx, scores, masks)}
+                for i in chunk:
+                    if i in errors:
+                        yield result(block[i], None, None, genres, errors[i])
+                    else:
+                        yield result(block[i], *by_index[i], genres, text=read[i])
 
 
 def _scored_batches(model, block: list, batch_size: int, workers: int | None) -> Iterator[tuple]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -177,6 +177,13 @@ class TextReader:
             lines = self._reader.read_image(posters[i])
             out[i] = text_of({"lines": lines}, self.branch.ocr.min_score)
         return out
+
+    def stream(self, paths: list) -> Iterator[str]:
+        """The text on each poster file of ``paths``, in order, each as soon as it is read (worker
+        processes read ahead; closing the generator stops them)."""
+        from ..text.ocr import iter_texts
+
+        return iter_texts(paths, self.branch.ocr, self.cache_dir, self.workers)
 
     def combine(self, scores: np.ndarray, texts: list[str]) -> np.ndarray:
         return self.branch.combine(scores, texts)

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
-from .._io import default_cache_dir
+from .._io import default_cache_dir, worker_context
 from ..data.images import file_digest, load_rgb
 from ..errors import ImageLoadError
 
@@ -180,6 +181,7 @@ _worker_reader: OcrReader | None = None
 
 def _init_worker(settings: OcrSettings) -> None:
     global _worker_reader
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the workers
     _worker_reader = OcrReader(settings, threads=1)
 
 
@@ -187,50 +189,89 @@ def _read_in_worker(path: str | bytes) -> dict:
     return _worker_reader.read_file(path)
 
 
-def read_posters(paths: Sequence[str | Path | bytes], settings: OcrSettings = OcrSettings(), cache_dir: str | Path | None = None,
-                 workers: int | None = None, progress: bool = False, use_cache: bool = True) -> list[str]:
-    """The text of each poster in ``paths`` (files, or their bytes; ``""`` where nothing is read), from the cache where
-    it is there and read now (then cached) where not. ``workers``: processes reading in
-    parallel (``None``: one per core when there are many posters); each runs one ONNX thread."""
+class OcrWorkers:
+    """Reads posters in ``workers`` processes (one ONNX thread each; ``<= 1``: in this process,
+    on every core), started by :func:`~postergenre._io.worker_context` (never forked from this
+    process, whose other threads may hold a lock). A context manager: leaving it on an error,
+    Ctrl-C or a closed generator stops the workers at once, even one in the middle of a poster."""
+
+    def __init__(self, settings: OcrSettings, workers: int):
+        self.settings = settings
+        self.pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_init_worker,
+                                        initargs=(settings,)) if workers > 1 else None
+
+    def read(self, paths: Sequence[str | bytes]) -> Iterator[dict]:
+        """A cache record for each of ``paths``, in order, each as soon as it (and those before it) are read."""
+        if self.pool is None:
+            reader = OcrReader(self.settings)
+            yield from map(reader.read_file, paths)
+            return
+        for future in [self.pool.submit(_read_in_worker, p) for p in paths]:
+            yield future.result()
+
+    def __enter__(self) -> "OcrWorkers":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if self.pool is None:
+            return
+        if exc_type is None:
+            self.pool.shutdown(wait=True)
+            return
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        stop = getattr(self.pool, "terminate_workers", None)  # Python >= 3.14
+        if stop is not None:
+            stop()
+        else:  # before 3.14 the executor cannot stop a running task; its processes can be
+            for proc in list((getattr(self.pool, "_processes", None) or {}).values()):
+                proc.terminate()
+
+
+def default_workers(n_posters: int) -> int:
+    """Processes for reading ``n_posters`` uncached posters: one per core (at most 2: the image
+    model runs beside them) past 8 posters; below that, starting them costs more than they save."""
+    return min(os.cpu_count() or 1, 2) if n_posters > 8 else 1
+
+
+def iter_texts(paths: Sequence[str | Path | bytes], settings: OcrSettings = OcrSettings(), cache_dir: str | Path | None = None,
+               workers: int | None = None, progress: bool = False, use_cache: bool = True) -> Iterator[str]:
+    """The text of each poster in ``paths`` (files, or their bytes; ``""`` where nothing is read),
+    in order, each yielded as soon as it is read: from the cache where it is there, else read now
+    (then cached, once per distinct image). ``workers``: processes reading in parallel (``None``:
+    :func:`default_workers`). Closing the generator early stops the workers."""
     cache = OcrCache(settings, cache_dir) if use_cache else None
     digests = [file_digest(_read_bytes(p)) for p in paths]
-    todo = sorted({d: p if isinstance(p, bytes) else str(p) for p, d in zip(paths, digests)
-                   if cache is None or cache.get(d) is None}.items())
-    found = {d: cache.get(d) for d in digests} if cache is not None else {}
+    found = {d: r for d in digests if cache is not None and (r := cache.get(d)) is not None}
+    todo: dict[str, str | bytes] = {}  # digest -> the first path with that content, in input order
+    for p, d in zip(paths, digests):
+        if d not in found:
+            todo.setdefault(d, p if isinstance(p, bytes) else str(p))
+    bar = _bar(len(todo)) if progress and todo else None
     try:
-        for rec in _read_all([p for _, p in todo], settings, workers, progress):
-            found[rec["sha1"]] = rec
-            if cache is not None:
-                cache.add(rec)
+        with OcrWorkers(settings, default_workers(len(todo)) if workers is None else workers) as pool:
+            read = zip(todo, pool.read(list(todo.values())))
+            for d in digests:
+                while d not in found:
+                    digest, record = next(read)
+                    found[digest] = record
+                    if cache is not None:
+                        cache.add(record)
+                    bar is not None and bar.update()
+                yield text_of(found[d], settings.min_score)
     finally:
         if cache is not None:
             cache.close()
-    return [text_of(found[d], settings.min_score) if found.get(d) else "" for d in digests]
-
-
-def _read_all(paths: list, settings: OcrSettings, workers: int | None, progress: bool) -> Iterable[dict]:
-    if workers is None:
-        workers = min(os.cpu_count() or 1, 2) if len(paths) > 8 else 1
-    bar = None
-    if progress and paths:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(paths), desc="OCR", unit="poster")
-    try:
-        if workers <= 1:
-            reader = OcrReader(settings)
-            for p in paths:
-                yield reader.read_file(p)
-                bar is not None and bar.update()
-            return
-        with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(settings,)) as pool:
-            try:
-                for rec in pool.map(_read_in_worker, paths, chunksize=4):
-                    yield rec
-                    bar is not None and bar.update()
-            except BaseException:
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-    finally:
         if bar is not None:
             bar.close()
+
+
+def read_posters(paths: Sequence[str | Path | bytes], settings: OcrSettings = OcrSettings(), cache_dir: str | Path | None = None,
+                 workers: int | None = None, progress: bool = False, use_cache: bool = True) -> list[str]:
+    """:func:`iter_texts` as a list."""
+    return list(iter_texts(paths, settings, cache_dir, workers, progress, use_cache))
+
+
+def _bar(total: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="OCR", unit="poster")
