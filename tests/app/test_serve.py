@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 
 import numpy as np
 import pytest
@@ -92,7 +93,7 @@ def test_oversized_file_is_413(client):
 
 
 def test_sizes_are_written_in_megabytes():
-    from postergenre.app.serve import over_cap
+    from postergenre.app.limits import over_cap
 
     assert over_cap(20_000_000, 10_000_000) == "20.0 MB, above the 10 MB cap"
     assert over_cap(10_000_001, 10_000_000) == "10.000001 MB, above the 10 MB cap"  # never "10.0 above 10"
@@ -194,9 +195,9 @@ def test_save_explanation_encodes_as_the_suffix_says(tiny_model, tmp_path, suffi
 
     model = load_model(tiny_model)
     out = tmp_path / f"x{suffix}"
-    score = save_explanation(model, Image.open(io.BytesIO(jpeg())), model.genres[0].lower(), out)
+    genre, score = save_explanation(model, Image.open(io.BytesIO(jpeg())), model.genres[0].lower(), out)
     img = Image.open(out)
-    assert img.format == fmt and 0.0 <= score <= 1.0
+    assert img.format == fmt and 0.0 <= score <= 1.0 and genre == model.genres[0]
     assert img.width >= 360 and img.height > img.width * 90 / 60  # enlarged, with the caption strip under it
 
 
@@ -223,3 +224,32 @@ def test_onnx_file_model_serves_predictions(tmp_path, tiny_model):
         assert res.status_code == 200 and res.json()[0]["predicted"]
         res = c.post("/api/explain", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data={"genre": "Action"})
         assert res.status_code == 422 and "PyTorch model" in res.json()["error"]
+
+
+def test_max_pixels_above_pils_own_limit_is_honoured(tiny_model):
+    # `serve --max-pixels 150000000` took a 144-megapixel poster for a bomb: PIL's own limit (89 M)
+    # came first. 92 megapixels is past it too, and quicker to make.
+    assert 9600 * 9600 > Image.MAX_IMAGE_PIXELS
+    buf = io.BytesIO()
+    Image.new("L", (9600, 9600), 90).save(buf, format="PNG")  # solid: ~100 KB on the wire
+    with TestClient(create_app(str(tiny_model), engine="torch", max_upload_mb=5, max_pixels=100_000_000,
+                               background_load=False)) as c:
+        res = post(c, ("big.png", buf.getvalue(), "image/png"))
+        assert res.status_code == 200 and res.json()[0]["error"] is None, res.text
+        res = c.post("/api/explain", files={"file": ("big.png", buf.getvalue(), "image/png")}, data={"genre": "action"})
+        assert res.status_code == 200, res.text
+        assert Image.open(io.BytesIO(res.content)).size == (2048, 2048)  # the overlay is bounded, not 92 megapixels
+        huge = io.BytesIO()
+        Image.new("1", (10100, 10100), 1).save(huge, format="PNG")  # past the server's own cap
+        res = post(c, ("huge.png", huge.getvalue(), "image/png"))
+        assert res.status_code == 422 and "pixels" in res.json()["error"]
+
+
+def test_the_heatmap_path_is_warmed_after_a_background_load(tiny_model):
+    app = create_app(str(tiny_model), engine="torch")
+    holder = app.state.holder
+    assert holder.warmed.wait(120) and holder.status == "ready"
+    assert holder._torch_model is not None and "pytorch_grad_cam" in sys.modules  # before anyone asked for a heatmap
+    with TestClient(app) as c:
+        res = c.post("/api/explain", files={"file": ("a.jpg", jpeg(), "image/jpeg")}, data={"genre": "Action"})
+        assert res.status_code == 200

@@ -2,7 +2,8 @@
 
 - :mod:`.cli`: the ``postergenre`` command (parses, calls the API, prints); :mod:`._clikit`: its
   plumbing (help pages, choice options, one-line user errors).
-- :mod:`.serve`: the web page and HTTP API (FastAPI); ``web/`` holds the page's HTML, JS and CSS.
+- :mod:`.serve`: the web page and HTTP API (FastAPI); ``web/`` holds the page's HTML, JS and CSS;
+  :mod:`.limits`: request bodies capped as they stream in; :mod:`.batcher`: one inference thread.
 - :mod:`.explain`: Grad-CAM heatmaps (``postergenre explain``, ``/api/explain``).
 
 May import: ``errors``, ``_io``, ``distributed``, ``data``, ``backbones``, ``text``, ``modeling``,

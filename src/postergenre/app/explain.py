@@ -1,53 +1,73 @@
 """Why a genre scored what it did: Grad-CAM heatmaps over the poster (``grad-cam`` package).
 
 The heatmap is taken at the backbone's last convolution (the deepest spatial map; the registry
-does not need to name it) for the chosen genre's logit, and laid over the poster at its own size.
+does not need to name it) for the chosen genre's logit, and laid over the poster at its own size
+(at most :data:`MAX_OVERLAY_SIDE` pixels a side).
 Needs the PyTorch model (ONNX Runtime computes no gradients).
 
 Two pictures: the plain overlay at the poster's size (the web page lays it over its own copy of
 the poster and draws its legend in HTML) and the annotated one that ``postergenre explain``
-writes, with the genre, its score and a low..high colour legend in a strip under the poster.
+writes, with the genre, its score and a low..high colour legend in a strip under the poster. That
+score is the image's, the one Grad-CAM explains and the command prints (it reads no words; the web
+page, which can, shows its bar's fused score and says the heatmap explains the image's part).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
-from torch import nn
 
 from ..errors import UnknownName, UsageError
-from ..modeling.model import PosterGenreModel
+
+if TYPE_CHECKING:  # PyTorch is imported where it is used: the API checks a genre without it
+    from torch import nn
+
+    from ..modeling.model import PosterGenreModel
 
 # Perceptually uniform and sequential (dark = little, bright = much); the page's legend copies it.
 COLORMAP = "inferno"
 # Image formats by file suffix; PIL encodes all three.
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 MIN_ANNOTATED_WIDTH = 360  # px: narrower posters are enlarged so the caption stays readable
+# px, the longest side of an overlay: the heatmap is only 12x8 cells, and a 144-megapixel poster's
+# overlay at full size would take ~5 GB of float arrays (`serve --max-pixels` lets such posters in)
+MAX_OVERLAY_SIDE = 2048
 
 
 def last_conv(module: nn.Module) -> nn.Module:
+    from torch import nn
+
     convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise UsageError("this backbone has no convolution to explain (e.g. 'pixels')")
     return convs[-1]
 
 
+def genre_key(name: str) -> str:
+    """How a genre is compared: case, spaces, ``-`` and ``_`` ignored (``Sci-Fi`` = ``sci_fi`` = ``SCIFI``)."""
+    return "".join(c for c in name.casefold() if c.isalnum())
+
+
 def resolve_genre(genres: list[str], name: str) -> str:
-    """The model's spelling of ``name``, matched case-insensitively (``action`` -> ``Action``)."""
+    """The model's spelling of ``name`` (``action`` -> ``Action``, ``sci_fi`` -> ``Sci-Fi``): the one
+    lookup behind ``postergenre explain --genre`` and ``/api/explain``; UnknownName listing them otherwise."""
     if name in genres:
         return name
-    folded = [g for g in genres if g.casefold() == name.strip().casefold()]
-    if len(folded) == 1:
-        return folded[0]
+    found = [g for g in genres if genre_key(g) == genre_key(name)]
+    if len(found) == 1:
+        return found[0]
     raise UnknownName(f"unknown genre {name!r}; choose one of: {', '.join(genres)}")
 
 
-def gradcam(model: PosterGenreModel, image: Image.Image, genre: str) -> tuple[np.ndarray, float]:
-    """Heatmap ``(H, W)`` in [0, 1] at the poster's size (1 = drove the score most) and the genre's score."""
+def gradcam(model: PosterGenreModel, image: Image.Image, genre: str,
+            size: tuple[int, int] | None = None) -> tuple[np.ndarray, float]:
+    """Heatmap ``(H, W)`` in [0, 1] at ``size`` (width, height; default the poster's), 1 = drove the
+    score most, and the genre's score."""
+    import torch
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -58,7 +78,7 @@ def gradcam(model: PosterGenreModel, image: Image.Image, genre: str) -> tuple[np
         score = float(torch.sigmoid(model(x))[0, g])
     with GradCAM(model=model, target_layers=[last_conv(model.backbone)]) as cam:
         heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(g)])[0]
-    heat = np.asarray(Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(image.size, Image.BILINEAR), dtype=np.float32) / 255.0
+    heat = np.asarray(Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255)).resize(size or image.size, Image.BILINEAR), dtype=np.float32) / 255.0
     return heat, score
 
 
@@ -108,9 +128,14 @@ def annotate(picture: Image.Image, genre: str, score: float) -> Image.Image:
 
 
 def explain_image(model: PosterGenreModel, image: Image.Image, genre: str, annotated: bool = False) -> tuple[Image.Image, float]:
-    """The overlay (``annotated``: with the caption and legend under it) and the genre's score."""
-    heat, score = gradcam(model, image, genre)
-    picture = overlay(image, heat)
+    """The overlay (``annotated``: with the caption and legend under it) at the poster's size (at
+    most :data:`MAX_OVERLAY_SIDE` a side, same aspect) and the genre's score (of the whole poster)."""
+    shown = image
+    if max(image.size) > MAX_OVERLAY_SIDE:
+        f = MAX_OVERLAY_SIDE / max(image.size)
+        shown = image.resize((max(1, round(image.width * f)), max(1, round(image.height * f))), Image.BILINEAR, reducing_gap=3.0)
+    heat, score = gradcam(model, image, genre, size=shown.size)
+    picture = overlay(shown, heat)
     return (annotate(picture, resolve_genre(model.genres, genre), score) if annotated else picture), score
 
 
@@ -132,9 +157,10 @@ def image_format(out_path: str | Path) -> str:
 
 
 def save_explanation(model: PosterGenreModel | str | Path | None, poster: str | Path | Image.Image, genre: str,
-                     out_path: str | Path) -> float:
+                     out_path: str | Path) -> tuple[str, float]:
     """Write the annotated explanation of ``genre`` for ``poster`` (a file or an image) to
-    ``out_path``, encoded as its suffix says (.png, .jpg/.jpeg, .webp); return the genre's score.
+    ``out_path``, encoded as its suffix says (.png, .jpg/.jpeg, .webp); return the genre as the
+    model spells it and its score.
 
     ``model``: a loaded model, or a model directory (``None``/"default": the built-in model).
     Raises :class:`UsageError` for another suffix or an unknown genre (before any work),
@@ -143,7 +169,7 @@ def save_explanation(model: PosterGenreModel | str | Path | None, poster: str | 
     """
     from .._io import atomic_bytes, writing
     from ..data.images import load_rgb
-    from ..modeling.model import load_model
+    from ..modeling.model import PosterGenreModel, load_model
 
     fmt = image_format(out_path)  # a wrong name fails at once, not after the Grad-CAM pass
     model = model if isinstance(model, PosterGenreModel) else load_model(model)
@@ -153,7 +179,7 @@ def save_explanation(model: PosterGenreModel | str | Path | None, poster: str | 
     picture.save(buf, format=fmt, **({"quality": 92} if fmt in ("JPEG", "WEBP") else {}))
     with writing(out_path):
         atomic_bytes(out_path, buf.getvalue())
-    return score
+    return resolve_genre(model.genres, genre), score
 
 
 def explain_poster(model: str | Path | None, poster: str | Path, genre: str) -> tuple[bytes, float]:

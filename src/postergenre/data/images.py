@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import warnings
+import threading
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -27,6 +28,28 @@ if TYPE_CHECKING:  # torch is imported where tensors are made: the ONNX path nev
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 # Posters are a few hundred pixels a side; anything past this is refused as a likely bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+
+
+def _megapixels(n: int) -> str:
+    return f"{n / 1e6:.4g}"
+
+
+# PIL's own bomb check reads the module global Image.MAX_IMAGE_PIXELS (it warns past ~89 MP and
+# refuses past twice that): it answered before our cap, in its own words or as a warning, and
+# refused what a cap above its limit allowed. It is off only while we parse a header (and decode
+# an image above its limit that our cap let through), under a lock, so two loaders never restore
+# each other's value; the value is always restored.
+_PIL_LIMIT = threading.Lock()
+
+
+@contextmanager
+def _without_pil_limit():
+    with _PIL_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            yield saved
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
 
 
 def file_digest(data: bytes) -> str:
@@ -75,23 +98,24 @@ def load_rgb(
     if not data:
         raise ImageLoadError(label, "empty file (0 bytes)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with _without_pil_limit() as pil_limit:  # the header only: our own cap is checked before decoding
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if w * h > max_pixels:
-                raise ImageLoadError(label, f"image is {w}x{h} = {w * h:,} pixels, above the cap of {max_pixels:,}")
-            if draft_size is not None and img.format == "JPEG":
-                img.draft("RGB", draft_size)
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageLoadError(label, f"image is {w}x{h} ({_megapixels(w * h)} megapixels), above the cap of "
+                                        f"{_megapixels(max_pixels)} megapixels against decompression bombs; raise it "
+                                        "with `postergenre serve --max-pixels N` or load_rgb(max_pixels=N)")
+        if draft_size is not None and img.format == "JPEG":
+            img.draft("RGB", draft_size)
+        # Some decoders (GIF frames, TIFF tiles) check PIL's limit again: off for an image our cap allows past it.
+        with _without_pil_limit() if pil_limit is not None and w * h > pil_limit else nullcontext():
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+        return _to_rgb(img)
     except ImageLoadError:
         raise
     except UnidentifiedImageError:
         raise ImageLoadError(label, "not an image file (unrecognised format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageLoadError(label, f"too many pixels (decompression bomb?): {exc}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageLoadError(label, f"corrupt or truncated image ({exc})") from None
 

@@ -168,6 +168,9 @@ def cached_int8(config: ModelConfig, model_dir: Path, fp32: Path, cache_dir: str
     plan = int8_plan(section)
     path = int8_export_path(config, model_dir, cache_dir, plan)
     if not path.is_file():
+        from .._io import announce_preparation
+
+        announce_preparation(cache_dir)
         build_int8(fp32, model_dir / section.get("ranges", RANGES_FILE), plan["blocks"], path,
                    model_dir / plan["head"] if plan["head"] else None, plan["sample_scores"])
     return path

@@ -84,5 +84,8 @@ def cached_export(model: PosterGenreModel, cache_dir: str | Path | None = None) 
     """The model's export in the cache (``<cache>/onnx/<name>-<fingerprint>.onnx``), made once."""
     path = export_path(model.config, cache_dir)
     if not path.is_file():
+        from .._io import announce_preparation
+
+        announce_preparation(cache_dir)
         export_onnx(model, path)
     return path

@@ -5,7 +5,7 @@
 - :mod:`.ngrams`: character n-gram TF-IDF features (fitted with scikit-learn, applied in NumPy
   so that inference imports neither scikit-learn nor PyTorch).
 - :mod:`.embedding`: the MiniLM sentence embedding, run in ONNX Runtime (exported once from the
-  package's weights, checked against sentence-transformers).
+  package's weights, checked against the PyTorch model it came from).
 - :mod:`.branch`: the text branch of a model: per-genre text evidence and its late fusion with
   the image scores, fitted on validation; saved in the model directory.
 

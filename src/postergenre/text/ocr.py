@@ -197,6 +197,10 @@ class OcrWorkers:
 
     def __init__(self, settings: OcrSettings, workers: int):
         self.settings = settings
+        if workers > 1:  # built once here, not by each worker at once (and announced once)
+            from .ocr_models import lean_copy, rapidocr_model
+
+            lean_copy(rapidocr_model("Rec"))
         self.pool = ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_init_worker,
                                         initargs=(settings,)) if workers > 1 else None
 

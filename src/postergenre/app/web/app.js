@@ -9,6 +9,9 @@ const shown = new WeakMap();  // card -> its result, for the CSV
 const urls = new Set();  // object URLs, released by Clear
 let ready = false, calibrated = false, genreOrder = [], queue = Promise.resolve();
 
+// A score as the bars write it: a percentage when the scores are calibrated probabilities.
+const fmt = score => calibrated ? `${Math.round(100 * score)}%` : score.toFixed(2);
+
 function showError(text) { errorEl.textContent = text; errorEl.hidden = !text; }
 
 // The server's wording, so a refusal reads the same before and after an upload.
@@ -93,7 +96,7 @@ function card(file, res, rule) {
     li.innerHTML = `<span class="label"></span><span class="track"><span class="fill"></span></span><span class="value"></span>`;
     $(".label", li).textContent = g.genre;
     $(".fill", li).style.width = `${(100 * g.score).toFixed(1)}%`;
-    $(".value", li).textContent = calibrated ? `${Math.round(100 * g.score)}%` : g.score.toFixed(2);
+    $(".value", li).textContent = fmt(g.score);
     li.title = `Show which regions drove ${g.genre}`;
     li.addEventListener("click", () => explain(node, file, g.genre, li));
     $(".bars", node).appendChild(li);
@@ -117,16 +120,21 @@ async function explain(node, file, genre, li) {
     note.textContent = `No heatmap: ${e.error}`;
     return;
   }
-  const score = Number(r.headers.get("X-Score")).toFixed(2);
+  // One score on the card: the legend repeats the bar's (fused with the words read, when there were
+  // any). Grad-CAM sees the image only, so then a note says the heatmap explains the image's part.
+  const bar = $(".value", li).textContent, words = Boolean((shown.get(node).text || "").trim());
+  const part = $(".heat-part", node);
   const url = URL.createObjectURL(await r.blob());
   urls.add(url);
   // On a phone the poster sits above the bars, out of sight after tapping a lower genre.
   heat.onload = () => $(".poster", node).scrollIntoView({ block: "nearest", behavior: "smooth" });
   Object.assign(heat, { src: url, alt: `Heatmap of the regions that drove ${genre}`, hidden: false });
-  $(".heat-genre", node).textContent = `${genre} ${score}:`;
+  $(".heat-genre", node).textContent = `${genre} ${bar}:`;
   legend.hidden = false;
-  note.textContent = `Heatmap for ${genre} (score ${score}): the brighter a region, the more it drove the score. Tap another genre, or the poster to hide it.`;
-  heat.onclick = () => { heat.hidden = legend.hidden = true; li.classList.remove("chosen"); };
+  part.textContent = `The heatmap explains the image's part: ${fmt(Number(r.headers.get("X-Score")))} from the image alone, ${bar} with the words read.`;
+  part.hidden = !words;
+  note.textContent = `Heatmap for ${genre} (${bar}): the brighter a region, the more it drove ${words ? "the image's part of " : ""}the score. Tap another genre, or the poster to hide it.`;
+  heat.onclick = () => { heat.hidden = legend.hidden = part.hidden = true; li.classList.remove("chosen"); };
 }
 
 function readRule() {
