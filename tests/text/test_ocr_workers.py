@@ -65,3 +65,26 @@ def test_texts_come_out_in_order_as_they_are_read_and_closing_stops_the_workers(
     again = list(iter_texts(posters + posters[:2], OcrSettings(), tmp_path / "cache", workers=2))
     alone = list(iter_texts(posters, OcrSettings(), use_cache=False, workers=1))
     assert again == alone + alone[:2] and again[0] == first and sum(t.startswith("NIGHT") for t in again) >= 20
+
+
+def test_ctrl_c_stops_the_worker_processes_at_once(tmp_path):
+    import pytest
+    from PIL import ImageDraw
+
+    from worded import font
+
+    dense = Image.new("RGB", (600, 2400), (20, 40, 90))  # 48 lines: seconds of reading each
+    draw = ImageDraw.Draw(dense)
+    for k in range(48):
+        draw.text((10, 10 + 50 * k), f"WORD{k} LINE OF TEXT {k * 7}", fill=(255, 255, 255), font=font(30))
+    dense.save(tmp_path / "dense.png")
+    with pytest.raises(KeyboardInterrupt):
+        with OcrWorkers(OcrSettings(), workers=2) as workers:
+            reading = workers.read([str(tmp_path / "dense.png")] * 6)
+            next(reading)
+            procs = list(workers.pool._processes.values())
+            raise KeyboardInterrupt  # the workers hold 3-4 more dense posters queued
+    deadline = time.time() + 1
+    while any(p.is_alive() for p in procs) and time.time() < deadline:
+        time.sleep(0.05)
+    assert procs and not any(p.is_alive() for p in procs)  # stopped, not left to read what was queued
