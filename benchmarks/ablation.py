@@ -32,7 +32,7 @@ from postergenre.modeling.decision import DecisionRule, tune_thresholds
 from postergenre.backbones.features import extract_features, make_loader
 from postergenre.data.images import Preprocess
 from postergenre.modeling.model import HEADS
-from postergenre.training.loops import fit_head
+from postergenre.training.loops import Fit, fit_head
 from postergenre.training.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1)
@@ -62,7 +62,7 @@ def scores_of(X, y, tr, va, te, r: Recipe, seeds=(None,)) -> tuple[np.ndarray, n
     for s in seeds:
         rs = r if s is None else replace(r, seed=s)
         head = HEADS[rs.head](X.shape[1], y.shape[1], rs.hidden, rs.dropout)
-        sv.append(fit_head(head, X, y, tr, va, rs))
+        sv.append(fit_head(head, X, Fit(recipe=rs, y=y, train_idx=tr, val_idx=va)))
         head.eval()
         with torch.no_grad():
             st.append(torch.sigmoid(head(torch.as_tensor(X[te]))).numpy())

@@ -33,7 +33,7 @@ from postergenre.backbones.features import extract_features, row_layout
 from postergenre.data.images import Preprocess
 from postergenre.modeling.model import HEADS
 from postergenre.training.tail import TailNet, fit_tail, tail_logits
-from postergenre.training.loops import BestEpoch, History, close_epoch, fit_head
+from postergenre.training.loops import Fit, History, fit_head
 from postergenre.training.recipe import Recipe, recipe_split
 
 BASE = Recipe(test_fraction=0.15, seed=1, batch_size=64)
@@ -65,7 +65,7 @@ def head_logits(X, y, tr, va, r: Recipe, seeds=(None,)) -> np.ndarray:
     for s in seeds:
         rs = r if s is None else replace(r, seed=s)
         head = HEADS[rs.head](X.shape[1], y.shape[1], rs.hidden, rs.dropout)
-        fit_head(head, X, y, tr, va, rs)
+        fit_head(head, X, Fit(recipe=rs, y=y, train_idx=tr, val_idx=va))
         head.eval()
         with torch.no_grad():
             zs.append(head(torch.as_tensor(X[va])).numpy())
@@ -131,11 +131,11 @@ def main() -> None:
         def tune(blocks=blocks, r=r):
             b = build_backbone(spec.name)
             head = HEADS[r.head](X.shape[1], y.shape[1], r.hidden, r.dropout)
-            fit_head(head, X, y, tr, va, r)
+            fit_head(head, X, Fit(recipe=r, y=y, train_idx=tr, val_idx=va))
             net = TailNet(b.module, split, head, tuned_from=len(b.module.net._blocks) - blocks)
             hist = History()
-            fit_tail(net, rows, layout, y, None, tr, va, r, hist, torch.Generator().manual_seed(r.seed), BestEpoch(r.patience),
-                     close_epoch, progress=True)
+            fit_tail(net, rows, layout, Fit(recipe=r, y=y, train_idx=tr, val_idx=va, history=hist,
+                                            gen=torch.Generator().manual_seed(r.seed), progress=True))
             z = tail_logits(net, rows[va], layout)
             flipped = rows[va].copy()
             m = int(np.prod(layout["map"]))

@@ -64,7 +64,7 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
     from postergenre.backbones.features import extract_features
     from postergenre.data.images import Preprocess
     from postergenre.modeling.model import HEADS
-    from postergenre.training.loops import fit_head
+    from postergenre.training.loops import Fit, fit_head
     from postergenre.training.recipe import Recipe
 
     rows = {json.loads(l)["id"]: json.loads(l) for l in cache.read_text().splitlines() if l.strip()}
@@ -86,7 +86,7 @@ def measure(ds, idx, cache: Path, out: Path) -> None:
               "embed_seconds_per_poster": embed_s, "posters_with_text": int(sum(bool(s.strip()) for s in texts)), "rows": []}
     for name, X in [("image", img_feats), ("text", text_feats), ("image+text", np.concatenate([img_feats, text_feats], 1))]:
         head = HEADS["mlp"](X.shape[1], y.shape[1], 512, 0.7)
-        scores = fit_head(head, X, y, tr, va, Recipe(seed=0))
+        scores = fit_head(head, X, Fit(recipe=Recipe(seed=0), y=y, train_idx=tr, val_idx=va))
         result["rows"].append({"features": name, "micro_recall_at_3": M.micro_recall_at_k(y[va], scores, 3),
                                "mAP": M.macro_average_precision(y[va], scores)})
         print(result["rows"][-1], flush=True)

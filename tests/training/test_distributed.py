@@ -27,7 +27,9 @@ def torchrun(n: int, *args, env_extra=None) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("mode,extra", [
     ("frozen", ["--backbone", "efficientnet_lite0", "--epochs", "20"]),
     # 36 train posters, global batch 12 = 2 x 6: each global batch is the single-process batch split in two
-    ("finetune", ["--backbone", "pixels", "--image-size", "32", "--epochs", "4", "--batch-size", "12", "--dropout", "0", "--workers", "0"]),
+    # (the study's recipe: no augmentation, whose draws are per rank)
+    ("finetune", ["--backbone", "pixels", "--image-size", "32", "--epochs", "4", "--batch-size", "12", "--dropout", "0", "--workers", "0",
+                  "--recipe", "study"]),
 ])
 def test_one_and_two_processes_train_the_same_model(tiny_data, tmp_path, mode, extra):
     results = {}

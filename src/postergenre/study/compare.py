@@ -179,8 +179,10 @@ def _compare_one(name: str, cfg: CompareConfig, train_set: PosterDataset, test_s
         log(f"{name}: skipped ({exc})")
         return {"backbone": name, "status": "no pretrained weights: not trained", "weights": str(exc), "study_accuracy": study}
     log(f"{name}: training ({cfg.mode}, weights: {origin})")
+    # finetune: the study's own recipe (Adam, lr 1e-4, 350x350, no augmentation), not the poster recipe train defaults to
     recipe = Recipe(backbone=name, mode=cfg.mode, epochs=cfg.epochs, batch_size=cfg.batch_size, image_size=cfg.image_size,
-                    seed=cfg.seed, weights=weights, allow_random_init=cfg.allow_random_init)
+                    seed=cfg.seed, weights=weights, allow_random_init=cfg.allow_random_init,
+                    preset="study" if cfg.mode == "finetune" else None)
     model_dir = out / "models" / name
     t = time.time()
     model = train(train_set, recipe, model_dir, cache_dir=cache_dir, progress=progress, monitor=("test", test_set))

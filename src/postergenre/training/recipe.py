@@ -2,8 +2,12 @@
 
 Defaults, by mode (``Recipe.resolved``): ``frozen`` and ``tail`` train an MLP head on cached
 features for 40 epochs (AdamW, lr 3e-4, weight decay 0.05, batch 33, BCE), ``tail`` then tunes
-the last block(s) for 6 epochs at lr 1e-4; ``finetune`` follows the study (Adam, lr 1e-4, 25
-epochs, 350x350, batch 33). Calibration: per-genre Platt scaling fitted on validation.
+the last block(s) for 6 epochs at lr 1e-4. ``finetune`` trains the whole network with one of
+:data:`FINETUNE_PRESETS`: ``poster`` (the default) or ``study`` (the study's own recipe: Adam,
+lr 1e-4, 25 epochs, 350x350, batch 33, no augmentation; what ``compare --mode finetune`` runs).
+Calibration: per-genre Platt scaling fitted on validation. How each training step runs
+(optimizer, schedule, precision, EMA, clipping) follows from the resolved recipe and the
+backbone's spec, once per run: :func:`head_plan`, :func:`finetune_plan`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from ..backbones import get_spec
 from ..data.dataset import split_indices
 from ..errors import UsageError
+from ..modeling.epochs import Precision, StepPlan
 from ..modeling.losses import LOSSES
 from ..modeling.model import HEADS
 
@@ -25,20 +30,36 @@ DEFAULT_BACKBONE = "efficientnet_lite0_poster"
 MODES = ("frozen", "tail", "finetune")
 CALIBRATIONS = ("platt", "temperature", "none")
 
+CPU_MICRO_BATCH = 16  # finetune on a CPU: posters per forward pass (Lite0 at 384x256: ~3 GB)
+
+# Mode finetune's recipes (the first is the default); a field the user sets wins over its preset's value.
+FINETUNE_PRESETS = {
+    # Ours: AdamW (the new head at 4x the backbone's lr), 1 epoch of linear warm-up then cosine per
+    # step, an EMA of the weights kept as the model, augmentation on the device (random resized
+    # crop, flip, colour), at the backbone's own input size (384x256, 2:3, for the default
+    # backbone). Validation scores one view, as every engine does (ONNX, int8: mirror averaging
+    # would halve CPU speed); the mirror-averaged figures are logged beside them each epoch.
+    "poster": dict(epochs=20, lr=1e-3, head_lr=4e-3, weight_decay=0.02, batch_size=128, image_size=None, optimizer="adamw",
+                   schedule="cosine", warmup_epochs=1.0, ema=0.998, augment=True, mirror_eval=False),
+    # The study's protocol: Adam at a constant lr, 350x350 squashed posters, no augmentation.
+    "study": dict(epochs=25, lr=1e-4, head_lr=None, weight_decay=0.0, batch_size=33, image_size=350, optimizer="adam",
+                  schedule="constant", warmup_epochs=0.0, ema=0.0, augment=False, mirror_eval=False),
+}
+
 
 @dataclass
 class Recipe:
     """Everything that decides a training run. ``None`` means "the mode's default" (see
     :meth:`resolved`): frozen trains the head for 40 epochs with AdamW (lr 3e-4, weight decay
-    0.05) at the backbone's input size; finetune follows the study (Adam, 25 epochs, lr 1e-4,
-    350x350)."""
+    0.05) at the backbone's input size; finetune takes its preset's values
+    (:data:`FINETUNE_PRESETS`: ``poster`` by default, or the study's)."""
 
     backbone: str = DEFAULT_BACKBONE
     mode: str = "frozen"  # frozen | tail | finetune
     epochs: int | None = None
-    batch_size: int = 33
+    batch_size: int | None = None  # default 33; finetune: the preset's
     lr: float | None = None
-    weight_decay: float | None = None  # frozen: 0.05 (AdamW; the head overfits 6k posters fast); finetune: 0
+    weight_decay: float | None = None  # frozen: 0.05 (AdamW; the head overfits 6k posters fast); finetune: the preset's
     head: str = "mlp"  # see model.HEADS
     loss: str = "bce"  # see losses.LOSSES; the validation loss is always reported as BCE
     hidden: int = 512
@@ -50,7 +71,7 @@ class Recipe:
     seed: int = 0  # splits, initialisation and batch order
     patience: int = 10  # epochs without a better validation mAP before stopping
     device: str = "auto"
-    workers: int | None = None  # decoding processes; default: 0 when fine-tuning on CPU, else up to 2
+    workers: int | None = None  # decoding processes (default: the decoder's own choice)
     # mode "tail": after the head, tune the last ``tail_blocks`` blocks + head conv on cached maps
     tail_blocks: int = 1
     tail_epochs: int = 6
@@ -58,8 +79,42 @@ class Recipe:
     calibration: str = "platt"  # per-genre, fitted on validation: platt | temperature | none
     weights: str | None = None  # backbone weights file (default: the backbone's own source)
     allow_random_init: bool = False  # train on random backbone weights when none can be had
+    # mode "finetune": the preset (FINETUNE_PRESETS; default "poster") fills every field left None
+    preset: str | None = None
+    head_lr: float | None = None  # the new head's lr (None: lr)
+    optimizer: str | None = None  # adam | adamw
+    schedule: str | None = None  # constant | cosine (per step, after warmup_epochs of linear warm-up)
+    warmup_epochs: float | None = None
+    ema: float | None = None  # decay of the EMA of the weights that is evaluated and kept; 0 = none
+    clip_grad: float = 0.0  # largest total gradient norm; 0 = no clipping
+    augment: bool | None = None  # random resized crop, flip and colour jitter on the device
+    mirror_eval: bool | None = None  # validation/test scores averaged with the mirrored poster's
+    compile: bool = False  # torch.compile the training step (CUDA graphs on CUDA); opt-in
+    # posters per forward pass, a batch's gradients accumulated over them (default: the whole batch
+    # on CUDA; CPU_MICRO_BATCH on a CPU, where a batch of 128 at 384x256 needs over 23 GB)
+    micro_batch: int | None = None
 
     def resolved(self) -> "Recipe":
+        self._check()
+        frozen = self.mode != "finetune"  # tail mode starts as frozen mode does
+        r = Recipe(**asdict(self))
+        if frozen:
+            r.epochs = self.epochs or 40
+            r.lr = self.lr or 3e-4
+            r.weight_decay = self.weight_decay if self.weight_decay is not None else 0.05
+            r.batch_size = self.batch_size or 33
+        else:
+            r.preset = self.preset or "poster"
+            for k, v in FINETUNE_PRESETS[r.preset].items():
+                if getattr(r, k) is None:
+                    setattr(r, k, v)
+        if r.device == "auto":
+            r.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if not frozen and r.micro_batch is None and torch.device(r.device).type == "cpu":
+            r.micro_batch = CPU_MICRO_BATCH
+        return r
+
+    def _check(self) -> None:
         if self.mode not in MODES:
             raise UsageError(f"unknown mode {self.mode!r}: choose {', '.join(MODES)}")
         if self.calibration not in CALIBRATIONS:
@@ -70,23 +125,31 @@ class Recipe:
             raise UsageError(f"unknown loss {self.loss!r}: choose one of {', '.join(LOSSES)}")
         if not 0.0 <= self.test_fraction < 1.0:
             raise UsageError(f"test fraction must be in [0, 1), got {self.test_fraction}")
-        if self.heads < 1 or self.batch_size < 1 or self.tail_epochs < 1:
-            raise UsageError("heads, batch size and tail epochs must be at least 1")
+        if self.heads < 1 or min(self.batch_size or 1, self.micro_batch or 1) < 1 or self.tail_epochs < 1:
+            raise UsageError("heads, batch size, micro-batch and tail epochs must be at least 1")
+        if self.preset is not None and (self.mode != "finetune" or self.preset not in FINETUNE_PRESETS):
+            raise UsageError(f"recipe {self.preset!r}: mode finetune takes {' or '.join(FINETUNE_PRESETS)}, other modes none")
+        if self.optimizer not in (None, "adam", "adamw") or self.schedule not in (None, "constant", "cosine"):
+            raise UsageError(f"unknown optimizer {self.optimizer!r} or schedule {self.schedule!r}")
+        if self.ema is not None and not 0.0 <= self.ema < 1.0:
+            raise UsageError(f"EMA decay must be in [0, 1), got {self.ema}")
         get_spec(self.backbone)  # fails early on an unknown name
-        frozen = self.mode != "finetune"  # tail mode starts as frozen mode does
-        r = Recipe(**asdict(self))
-        r.epochs = self.epochs or (40 if frozen else 25)
-        r.lr = self.lr or (3e-4 if frozen else 1e-4)
-        r.weight_decay = self.weight_decay if self.weight_decay is not None else (0.05 if frozen else 0.0)
-        if r.image_size is None and not frozen:
-            r.image_size = 350
-        if r.device == "auto":
-            r.device = "cuda" if torch.cuda.is_available() else "cpu"
-        if r.workers is None and not frozen and r.device == "cpu":
-            # Decoding is ~5% of a CPU training step; loader processes beside PyTorch's threads
-            # only contend for the cores (1 epoch on 300 posters: 60.9 s with 2 workers, 38.6 s without).
-            r.workers = 0
-        return r
+
+
+def head_plan(lr: float, weight_decay: float) -> StepPlan:
+    """How a head (or the tail) trains on cached features: AdamW, one cosine step per epoch, fp32."""
+    return StepPlan(optimizer="adamw", lr=lr, weight_decay=weight_decay, schedule="cosine_epoch")
+
+
+def finetune_plan(r: Recipe) -> StepPlan:
+    """How each finetune step runs, from the resolved recipe and its backbone's spec: on CUDA the
+    spec's precision and memory format (``train_precision``, ``channels_last``); on CPU fp32 in
+    channels_last, the format every backbone is built in."""
+    spec = get_spec(r.backbone)
+    cuda = torch.device(r.device).type == "cuda"
+    precision = Precision.choose(spec.train_precision, spec.channels_last if cuda else True, r.device)
+    return StepPlan(optimizer=r.optimizer, lr=r.lr, weight_decay=r.weight_decay, head_lr=r.head_lr, schedule=r.schedule,
+                    warmup_epochs=r.warmup_epochs, ema=r.ema, clip_grad=r.clip_grad, precision=precision, compile=r.compile)
 
 
 def size_pair(size) -> tuple[int, int]:

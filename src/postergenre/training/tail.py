@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..modeling.epochs import BestEpoch, train_epoch
 from ..modeling.losses import build_loss
-from .checkpoint import Checkpoints
+from .loops import Fit, bce
+from .recipe import head_plan
 
 
 class TailNet(nn.Module):
@@ -69,48 +71,48 @@ def tail_logits(net: TailNet, rows: np.ndarray, layout: dict, batch: int = 256) 
     return torch.cat(out).numpy()
 
 
-def fit_tail(net: TailNet, rows: np.ndarray, layout: dict, y: np.ndarray, known: np.ndarray | None, train_idx, val_idx,
-             r, history, gen: torch.Generator, keeper, close_epoch, progress: bool = False,
-             ckpt: Checkpoints | None = None) -> np.ndarray:
+def _batches(fit: Fit, batch_size: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """One epoch's batches: (row indices, sorted to read the cached rows in memory order; which of
+    them to flip), in an order and with flips drawn from ``fit.gen``."""
+    order = fit.train_idx[torch.randperm(len(fit.train_idx), generator=fit.gen).numpy()]
+    flips = (torch.rand(len(order), generator=fit.gen) < 0.5).numpy()
+    return [(np.sort(order[i:i + batch_size]), flips[i:i + batch_size]) for i in range(0, len(order), batch_size)]
+
+
+def fit_tail(net: TailNet, rows: np.ndarray, layout: dict, fit: Fit) -> np.ndarray:
     """Tune ``net`` (tail + head, the head already fitted) in place on cached ``rows``.
 
-    ``y``/``known`` ``(N, G)``; ``r`` the resolved recipe (``tail_epochs``, ``tail_lr``,
-    ``batch_size``, ``weight_decay``, ``loss``). Returns the best epoch's validation scores.
+    ``fit.recipe`` is the resolved recipe (``tail_epochs``, ``tail_lr``, ``batch_size``,
+    ``weight_decay``, ``loss``, ``patience``); ``fit.gen`` draws the batch order and the flips.
+    Returns the best epoch's validation scores.
     """
     from tqdm.auto import tqdm
 
-    from .loops import bce as _bce
-
+    r, y, known = fit.recipe, fit.y, fit.known
     maps, stats = _split_rows(rows, layout)
-    criterion = build_loss(r.loss, y[train_idx])
-    opt = torch.optim.AdamW(net.trainable(), lr=r.tail_lr, weight_decay=r.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=r.tail_epochs)
-    yv = torch.as_tensor(y[val_idx])
-    start, stopped = ckpt.restore(net, opt, sched, gen, keeper, history) if ckpt else (0, False)
+    criterion = build_loss(r.loss, y[fit.train_idx])
+    step = head_plan(r.tail_lr, r.weight_decay).build(net, r.tail_epochs, params=net.trainable())
+    yv = torch.as_tensor(y[fit.val_idx])
+    keeper = BestEpoch(r.patience)
+
+    def loss_of(batch) -> torch.Tensor:
+        b, f = batch
+        x = torch.from_numpy(maps[b]).float()
+        f = torch.from_numpy(f)
+        x[f] = x[f].flip(-1)
+        k = None if known is None else torch.from_numpy(known[b]).float()
+        return criterion(step.forward(x, torch.from_numpy(stats[b]).float()), torch.from_numpy(y[b]), k)
+
+    start, stopped = fit.ckpt.restore(step, fit.gen, keeper, fit.history) if fit.ckpt else (0, False)
     for epoch in range(start + 1, r.tail_epochs + 1) if not stopped else []:
         t = time.time()
-        net.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=gen).numpy()]
-        flips = (torch.rand(len(order), generator=gen) < 0.5).numpy()
-        losses = []
-        bar = tqdm(range(0, len(order), r.batch_size), desc=f"tail epoch {epoch}/{r.tail_epochs}", unit="batch",
-                   disable=not progress)
-        for i in bar:
-            b = np.sort(order[i:i + r.batch_size])  # sorted: reads the cached rows in memory order
-            x = torch.from_numpy(maps[b]).float()
-            f = torch.from_numpy(flips[i:i + len(b)])
-            x[f] = x[f].flip(-1)
-            k = None if known is None else torch.from_numpy(known[b]).float()
-            loss = criterion(net(x, torch.from_numpy(stats[b]).float()), torch.from_numpy(y[b]), k)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        sched.step()
-        logits = torch.as_tensor(tail_logits(net, rows[val_idx], layout))
+        with tqdm(total=len(fit.train_idx), desc=f"tail epoch {epoch}/{r.tail_epochs}", unit="poster",
+                  disable=not fit.progress) as bar:
+            losses = train_epoch(step, _batches(fit, r.batch_size), loss_of, bar)
+        step.end_epoch()
+        logits = torch.as_tensor(tail_logits(net, rows[fit.val_idx], layout))
         scores = torch.sigmoid(logits).numpy()
-        row = history.log(epoch, losses, _bce(logits, yv).item(), y[val_idx], scores, t, {"phase": "tail"})
-        if close_epoch(epoch, row, scores, net, opt, sched, gen, keeper, history, ckpt):
+        row = fit.history.log(epoch, losses, bce(logits, yv).item(), y[fit.val_idx], scores, t, {"phase": "tail"})
+        if fit.close_epoch(epoch, row, scores, step, keeper):
             break
     return keeper.restore_best(net)

@@ -6,7 +6,8 @@ join training) and builds the model. One of the fits runs the recipe's mode:
 
 - ``frozen``: backbone features computed once (cached on disk), then a head on them;
 - ``tail``: the same head, then the last block(s) tuned on cached feature maps (:mod:`.tail`);
-- ``finetune``: the study's recipe end to end (:func:`~postergenre.training.loops.fit_end_to_end`).
+- ``finetune``: the whole network on posters decoded once (:func:`~postergenre.training.finetune.fit_end_to_end`),
+  with the poster recipe or the study's.
 
 :func:`finalize` calibrates on validation, tunes the decision thresholds, scores validation
 (and the test part, once) and writes the model directory with its history, split and card.
@@ -25,9 +26,8 @@ import numpy as np
 import torch
 
 from ..backbones import build_backbone, get_spec
-from ..backbones.features import extract_features, extract_features_sharded, make_loader
+from ..backbones.features import extract_features, extract_features_sharded
 from ..data.dataset import PosterDataset
-from ..distributed import Dist
 from ..distributed import setup as setup_distributed
 from ..errors import DatasetError, UsageError
 from ..modeling import metrics as M
@@ -36,32 +36,24 @@ from ..modeling.config import HeadConfig, TrainingRecord
 from ..modeling.decision import DecisionRule, top_k_mask, tune_thresholds
 from ..modeling.model import Ensemble, PosterGenreModel, build_head, new_config
 from .checkpoint import Checkpoints
-from .loops import BestEpoch, History, Monitor, bce, close_epoch, fit_end_to_end, fit_head, loss_of_scores, predict_loader
-from .recipe import DEFAULT_BACKBONE, Recipe, recipe_split, seed_everything, size_pair, split_fingerprint
+from .loops import Fit, Monitor, bce, fit_head, loss_of_scores
+from .recipe import DEFAULT_BACKBONE, Recipe, finetune_plan, recipe_split, seed_everything, size_pair, split_fingerprint
 
 __all__ = ["DEFAULT_BACKBONE", "Recipe", "Run", "checkpoint_dir", "finalize", "prepare", "split_fingerprint", "train"]
 
 
-@dataclass
-class Run:
-    """One training run's state, shared by the fits and :func:`finalize`."""
+@dataclass(kw_only=True)
+class Run(Fit):
+    """One training run's state, shared by the fits and :func:`finalize`: what every loop needs
+    (:class:`~postergenre.training.loops.Fit`: the resolved recipe, labels ``y`` ``(N, G)`` and
+    ``known``, the split, generator, history, checkpoints, ranks) plus the model and the data."""
 
     model: PosterGenreModel
     dataset: PosterDataset
-    recipe: Recipe  # resolved
-    y: np.ndarray  # (N, G) float32 labels
-    known: np.ndarray | None  # (N, G) float32, 0 where a source lacks the genre; None: all known
-    train_idx: np.ndarray
-    val_idx: np.ndarray
     test_idx: np.ndarray
-    gen: torch.Generator
-    ckpt: Checkpoints
-    dist: Dist
     cache_dir: str | Path | None = None
-    progress: bool = True
-    history: History = field(default_factory=History)
     started: float = field(default_factory=time.time)
-    extract_seconds: float = 0.0
+    extract_seconds: float = 0.0  # feature extraction, or decoding the posters (finetune)
 
 
 def train(dataset: PosterDataset, recipe: Recipe, out_dir: str | Path, cache_dir: str | Path | None = None,
@@ -104,14 +96,16 @@ def prepare(dataset: PosterDataset, recipe: Recipe, out_dir: str | Path, cache_d
         train_idx, val_idx, test_idx = recipe_split(dataset.labels, r, dataset.primary)
     known = None if dataset.known is None or dataset.known.all() else dataset.known.astype(np.float32)
     model = _build_model(r, dataset.genres)
-    run_id = json.dumps([asdict(r) | {"device": None, "workers": None}, split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
+    how = {"device": None, "workers": None, "compile": None, "micro_batch": None}  # how it runs, not what it computes
+    run_id = json.dumps([asdict(r) | how, split_fingerprint(dataset.ids, train_idx, val_idx, test_idx),
                          model.backbone_info.weights_id, dataset.genres], sort_keys=True, default=str)
     ckpt = Checkpoints(checkpoint_dir(out_dir), hashlib.sha256(run_id.encode()).hexdigest()[:16], writer=dist.is_main)
     if not resume:
         ckpt.clear()
     dist.barrier()
-    return Run(model, dataset, r, dataset.labels.astype(np.float32), known, train_idx, val_idx, test_idx, gen, ckpt, dist,
-               cache_dir, progress and dist.is_main)
+    return Run(model=model, dataset=dataset, recipe=r, y=dataset.labels.astype(np.float32), known=known, train_idx=train_idx,
+               val_idx=val_idx, test_idx=test_idx, gen=gen, ckpt=ckpt, dist=dist, cache_dir=cache_dir,
+               progress=progress and dist.is_main)
 
 
 def _build_model(r: Recipe, genres: list[str]) -> PosterGenreModel:
@@ -146,21 +140,19 @@ def fit_frozen(run: Run, monitor: tuple[str, PosterDataset] | None = None):
                                      device=run.recipe.device, progress=run.progress)
         mx, my = torch.as_tensor(mfeats, device=run.recipe.device), torch.as_tensor(monitor[1].labels.astype(np.float32), device=run.recipe.device)
         watch = Monitor(monitor[0], lambda head: bce(head(mx), my).item())
-    val_scores = fit_heads(run, feats, watch)
+    val_scores = fit_heads(replace(run, monitor=watch), feats)
     test = run.model.predict_proba_features(feats[run.test_idx]) if len(run.test_idx) else None
     return val_scores, test
 
 
-def fit_heads(run: Run, feats: np.ndarray, monitor: Monitor | None = None) -> np.ndarray:
+def fit_heads(run: Run, feats: np.ndarray) -> np.ndarray:
     """Fit the head (each member of an ensemble from its own seed); validation scores of the whole."""
     head, r = run.model.head, run.recipe
     if not isinstance(head, Ensemble):
-        return fit_head(head, feats, run.y, run.train_idx, run.val_idx, r, run.history, run.gen, run.progress, monitor,
-                        run.ckpt, run.known)
+        return fit_head(head, feats, run)
     t = time.time()
     for k, member in enumerate(head.members):  # a few minutes in all: not checkpointed
-        fit_head(member, feats, run.y, run.train_idx, run.val_idx, replace(r, seed=r.seed + k), run.history, None,
-                 run.progress, monitor, None, run.known, phase=f"head {k + 1}")
+        fit_head(member, feats, replace(run, recipe=replace(r, seed=r.seed + k), gen=None, ckpt=None, phase=f"head {k + 1}"))
     with torch.no_grad():
         logits = head.eval()(torch.as_tensor(feats[run.val_idx]))
     scores = torch.sigmoid(logits).numpy()
@@ -186,8 +178,7 @@ def fit_tail_mode(run: Run):
     fit_heads(run, rows[:, -layout["features"]:].astype(np.float32))
     net = TailNet(module, split, model.head)
     tail_ckpt = Checkpoints(run.ckpt.root / "tail", run.ckpt.fingerprint, writer=run.ckpt.writer)
-    val_scores = fit_tail(net, rows, layout, run.y, run.known, run.train_idx, run.val_idx, r, run.history, run.gen,
-                          BestEpoch(r.patience), close_epoch, run.progress, tail_ckpt)
+    val_scores = fit_tail(net, rows, layout, replace(run, ckpt=tail_ckpt))
     model.config.backbone.tuned = tuned_prefixes(module, split)
     model.config.backbone.tail_blocks = r.tail_blocks
     test = None
@@ -197,19 +188,40 @@ def fit_tail_mode(run: Run):
 
 
 def fit_finetune(run: Run, monitor: tuple[str, PosterDataset] | None = None):
-    """Mode finetune: the whole network on decoded posters."""
+    """Mode finetune: the whole network on the posters, decoded once (cached by content and size)."""
+    from .finetune import fit_end_to_end, score_rows
+
     r, model = run.recipe, run.model
+    pixels = _decoded(run, run.dataset.paths)
+    precision, device, batch = finetune_plan(r).precision, torch.device(r.device), 2 * (r.micro_batch or r.batch_size)
+
+    def scores(module, px, rows) -> np.ndarray:
+        plain, mirrored = score_rows(module, px, rows, model.preprocess, precision, device, batch, r.mirror_eval)
+        return plain if mirrored is None else mirrored
+
     watch = None
     if monitor is not None:
-        loader = make_loader(monitor[1].paths, model.preprocess, r.batch_size, r.workers)
-        my = monitor[1].labels.astype(np.float32)
-        watch = Monitor(monitor[0], lambda m: loss_of_scores(predict_loader(m, loader, r.device), my))
-    val_scores = fit_end_to_end(model, run.dataset, run.y, run.train_idx, run.val_idx, r, run.history, run.gen,
-                                run.progress, watch, run.ckpt, run.dist, run.known)
+        mpixels, my = _decoded(run, monitor[1].paths), monitor[1].labels.astype(np.float32)
+        watch = Monitor(monitor[0], lambda m: loss_of_scores(scores(m, mpixels, np.arange(len(my))), my))
+    val_scores = fit_end_to_end(model, pixels, replace(run, monitor=watch))
     if not len(run.test_idx):
         return val_scores, None
-    loader = make_loader([run.dataset.paths[i] for i in run.test_idx], model.preprocess, r.batch_size, r.workers)
-    return val_scores, predict_loader(model, loader, "cpu")
+    test = scores(precision.module(model.to(device)), pixels, run.test_idx)  # the model as kept, once it is final
+    model.cpu()
+    return val_scores, test
+
+
+def _decoded(run: Run, paths: list) -> np.ndarray:
+    """Every poster of ``paths`` decoded once at the model's input size, uint8 ``(N, H, W, 3)``."""
+    from ..data.pixel_cache import decoded_pixels
+
+    t = time.time()
+    pixels, errors = decoded_pixels(paths, run.model.preprocess, cache_dir=run.cache_dir, workers=run.recipe.workers,
+                                    progress=run.progress)
+    if errors:
+        raise DatasetError(f"{len(errors)} image(s) could not be read, e.g. {next(iter(errors.values()))}")
+    run.extract_seconds += time.time() - t
+    return pixels
 
 
 # --- finalize ---------------------------------------------------------------------------
