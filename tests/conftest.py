@@ -147,3 +147,24 @@ def parse_table(output: str) -> dict[str, list[str]]:
         assert m, f"unexpected line: {line!r}"
         out[Path(m["path"]).name] = m["genres"].split(" / ")
     return out
+
+
+def interrupt_after_rows(args: list, out: Path, rows: int = 3) -> tuple[int, str, float]:
+    """Run the command ``args`` writing ``out`` (a .csv), send SIGINT once ``out`` holds ``rows``
+    rows, and return (exit code, stderr, seconds from the signal to the exit). A shell that starts
+    a job in the background ignores SIGINT for it, and the child would inherit that; a user's
+    terminal does not, so the child gets the default disposition."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while (not out.exists() or out.read_text().count("\n") <= rows) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    sent = time.perf_counter()
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err, time.perf_counter() - sent

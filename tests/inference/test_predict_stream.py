@@ -10,7 +10,6 @@ import os
 import pty
 import re
 import select
-import signal
 import struct
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 import postergenre.inference.predict as P
-from conftest import make_poster, run
+from conftest import interrupt_after_rows, make_poster, run
 
 N = 7
 
@@ -160,17 +159,8 @@ def test_ctrl_c_keeps_whole_rows_and_resume_finishes(tiny_model, many, tmp_path)
         (posters / f"p{i:03d}.jpg").write_bytes((many / f"p{i % N}.jpg").read_bytes())
     out = tmp_path / "out.csv"
     args = [*CLI, str(posters), "--model", str(tiny_model), "--engine", "torch", "--output", str(out)]
-    # A shell that starts a job in the background ignores SIGINT for it, and the child would
-    # inherit that; a user's terminal does not, so give the child the default disposition.
-    proc = subprocess.Popen(args + ["--batch-size", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while (not out.exists() or out.read_text().count("\n") < 4) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    rc, err, _ = interrupt_after_rows(args + ["--batch-size", "1"], out)
+    assert rc == 130, err
     said = re.fullmatch(r"interrupted: (\d+) rows saved to (.+); rerun with --resume", err.strip().splitlines()[-1])
     assert said and said[2] == str(out), err
     text = out.read_text()

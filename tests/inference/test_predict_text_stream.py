@@ -8,7 +8,6 @@ import csv
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,8 @@ from PIL import Image
 
 from postergenre.inference.predict import predict_paths
 from postergenre.inference.scorer import load_scorer, load_text_reader
+
+from conftest import interrupt_after_rows
 
 CLI = [sys.executable, "-m", "postergenre", "predict"]
 WORDS = ["NIGHT", "FUNNY", "SCREAM", "LOVE", "WAR", "SPACE"]
@@ -76,17 +77,8 @@ def test_ctrl_c_with_text_on_exits_at_once_keeping_whole_rows(tmp_path, text_dir
         (posters / f"q{i:03d}.jpg").write_bytes((text_dir / f"p{i % 40:03d}.jpg").read_bytes() + bytes([i % 251]))
     _empty_ocr_cache()
     out = tmp_path / "out.csv"
-    proc = subprocess.Popen([*CLI, str(posters), "--text", "on", "--output", str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while (not out.exists() or out.read_text().count("\n") < 4) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "finished before it could be interrupted"
-    proc.send_signal(signal.SIGINT)
-    sent = time.perf_counter()
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and time.perf_counter() - sent < 5, err
+    rc, err, exit_s = interrupt_after_rows([*CLI, str(posters), "--text", "on", "--output", str(out)], out)
+    assert rc == 130 and exit_s < 5, err
     said = re.fullmatch(r"interrupted: (\d+) rows saved to (.+); rerun with --resume", err.strip().splitlines()[-1])
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert said and len(rows) == int(said[1]) and 3 <= len(rows) < 200, err
