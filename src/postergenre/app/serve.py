@@ -337,8 +337,8 @@ def create_app(model: str | None = "default", engine: str = "auto", max_upload_m
                max_pixels: int = DEFAULT_MAX_PIXELS, background_load: bool = True, warm: bool = True):
     """The FastAPI application. ``background_load=False`` loads the model before returning (and
     leaves the heatmap path cold: it is warmed after a background load). ``warm=False``
-    (``serve --no-warm``): PyTorch only on the first heatmap; an idle server then holds ~143 MB
-    instead of ~980 MB, and the first heatmap takes ~4 s instead of ~0.35 s."""
+    (``serve --no-warm``): PyTorch only on the first heatmap; an idle server then holds ~144 MB
+    instead of ~1 GB, and the first heatmap takes ~4.3 s instead of ~0.37 s (benchmarks/first_heatmap.py)."""
     from swagger_ui_bundle import swagger_ui_path
 
     max_bytes = int(max_upload_mb * MB)
